@@ -1,0 +1,168 @@
+"""Typed settings: ``configs/default.yaml`` < ``--config FILE`` < ``COVERCRAFT_*`` env < CLI flags.
+
+Pydantic at the boundary (STYLE 9): every field is documented in configs/default.yaml, unknown keys
+are refused with the key's dotted path, and secrets are read from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "COVERCRAFT_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    source: str = "embedded"
+    dalle: str | None = None
+    vqgan: str | None = None
+    clip: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class SamplingConfig(_Section):
+    candidates: int = Field(4, ge=1, le=64)
+    seed: int = Field(0, ge=0)
+    condition_scale: float = Field(10.0, ge=0.0, le=100.0)
+    top_k: int | None = Field(64, ge=0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+
+
+class TextSettings(_Section):
+    chunk_tokens: int = Field(400, ge=16, le=8192)
+    chunk_overlap: int = Field(50, ge=0)
+    top_topics: int = Field(6, ge=1, le=50)
+
+
+class FetchConfig(_Section):
+    timeout_connect: float = Field(5.0, gt=0)
+    timeout_read: float = Field(20.0, gt=0)
+    max_bytes: int = Field(5_000_000, ge=1024)
+    max_redirects: int = Field(5, ge=0, le=20)
+    allow_private: bool = False
+
+
+class LLMConfig(_Section):
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    concurrency: int = Field(4, ge=1, le=64)
+
+    @property
+    def api_key(self) -> str | None:
+        # Secrets only from the environment, never from config files.
+        return os.environ.get("OPENAI_API_KEY")
+
+
+class PromptConfig(_Section):
+    style: str = "illustration"
+    negative_words: list[str] = []
+    blocklist: list[str] = []
+
+
+class OutputSettings(_Section):
+    dir: Path = Path("covercraft-output")
+    upscale: bool = False
+    platforms: list[str] = []
+
+
+class Settings(_Section):
+    model: ModelSettings = ModelSettings()
+    sampling: SamplingConfig = SamplingConfig()
+    text: TextSettings = TextSettings()
+    fetch: FetchConfig = FetchConfig()
+    llm: LLMConfig = LLMConfig()
+    prompt: PromptConfig = PromptConfig()
+    output: OutputSettings = OutputSettings()
+
+
+def default_config_text() -> str:
+    return resources.files("configs").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError(f"{where}: not valid YAML{at} ({problem})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at the top level")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``COVERCRAFT_SAMPLING__SEED=7`` → ``{"sampling": {"seed": 7}}`` (values parsed as YAML scalars)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}' ({origin}); check the spelling against configs/default.yaml"
+    return f"invalid config value for '{key}': {first['msg']} ({origin})"
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the typed settings from the layers, lowest priority first."""
+    data = _read_yaml(default_config_text(), "configs/default.yaml")
+    origin = "configs/default.yaml"
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = deep_merge(data, _read_yaml(path.read_text(encoding="utf-8"), str(path)))
+        origin = str(path)
+    env = env_overrides(environ)
+    if env:
+        data = deep_merge(data, env)
+        origin += " + COVERCRAFT_* environment"
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin)) from None

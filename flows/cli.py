@@ -102,7 +102,8 @@ def _summary(manifest: dict) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.settings import load_settings
 
-    settings = load_settings(args.config, _overrides(args))
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides)  # fail fast on bad config, before Prefect starts
     source = args.source
     if "://" not in source:
         path = Path(source).expanduser()
@@ -111,11 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = str(path.resolve())
 
     from flows import progress
+    from flows.output import check_writable
     from flows.pipeline import blog_to_images
 
+    check_writable(settings.output.dir)
     print(f"covercraft: {source} -> {settings.output.dir}", file=sys.stderr)
     with progress.reporter(TerminalBar):
-        manifest = blog_to_images(source, settings)
+        manifest = blog_to_images(source, overrides=overrides, config_file=args.config)
     print(_summary(manifest))
     return 0
 

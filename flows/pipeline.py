@@ -26,6 +26,8 @@ from flows.settings import (
     SamplingConfig,
     Settings,
     TextSettings,
+    deep_merge,
+    load_settings,
 )
 from nlp import chunk as nlp_chunk
 from nlp import combine as nlp_combine
@@ -141,13 +143,59 @@ def finish(manifest: dict[str, Any], tokens, images, scores, out_dir: Path, upsc
     return folder
 
 
+def settings_for_run(
+    *,
+    style: str | None = None,
+    candidates: int | None = None,
+    seed: int | None = None,
+    negative_words: list[str] | None = None,
+    upscale: bool | None = None,
+    platforms: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Config files and environment, then the run's own parameters on top."""
+    mine: dict[str, Any] = {}
+    for section, key, value in (
+        ("prompt", "style", style),
+        ("sampling", "candidates", candidates),
+        ("sampling", "seed", seed),
+        ("prompt", "negative_words", negative_words),
+        ("output", "upscale", upscale),
+        ("output", "platforms", platforms),
+    ):
+        if value is not None:
+            mine.setdefault(section, {})[key] = value
+    return load_settings(config_file, deep_merge(overrides or {}, mine))
+
+
 @flow(name="blog-to-images", log_prints=False)
-def blog_to_images(source: str, settings: Settings | None = None) -> dict[str, Any]:
+def blog_to_images(
+    source: str,
+    style: str | None = None,
+    candidates: int | None = None,
+    seed: int | None = None,
+    negative_words: list[str] | None = None,
+    upscale: bool | None = None,
+    platforms: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | None = None,
+) -> dict[str, Any]:
     """A blog post (URL or file) in; ranked images, cover.png and manifest.json out.
 
+    Parameters left as None come from the settings (configs/default.yaml, ``config_file``,
+    ``COVERCRAFT_*`` env); ``overrides`` is a nested dict of any other settings.
     Returns the manifest (with ``output_dir`` set to the finished folder).
     """
-    settings = settings or Settings()
+    settings = settings_for_run(
+        style=style, candidates=candidates, seed=seed, negative_words=negative_words,
+        upscale=upscale, platforms=platforms, overrides=overrides, config_file=config_file,
+    )
+    return run_stages(source, settings)
+
+
+def run_stages(source: str, settings: Settings) -> dict[str, Any]:
+    """The stages in order, each a task, timed for the manifest (call inside a flow)."""
     output.check_writable(settings.output.dir)
     timings: dict[str, float] = {}
 

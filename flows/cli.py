@@ -16,6 +16,8 @@ from pathlib import Path
 # Before Prefect is imported: no analytics, and no server of ours unless the user configured one
 # (Prefect then runs the flow in its local ephemeral mode).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The ephemeral server needs more than Prefect's default 20 s to start on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 log = logging.getLogger("covercraft")
 
@@ -54,6 +56,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nlp.errors import NlpError
 
     return (ConfigError, NlpError, OutputError, CheckpointError)
+
+
+def _hide_user_error_tracebacks() -> None:
+    """Bad input is reported in one line by ``main``: keep Prefect's console free of its traceback.
+
+    Only terminal handlers are filtered; the Prefect API still receives the full record.
+    """
+    from prefect.logging.handlers import APILogHandler
+
+    errors = _user_errors()
+
+    class _Strip(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], errors):
+                record.exc_info = record.exc_text = None
+            return True
+
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, APILogHandler):
+                handler.addFilter(_Strip())
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -116,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import blog_to_images
 
     check_writable(settings.output.dir)
+    _hide_user_error_tracebacks()
     print(f"covercraft: {source} -> {settings.output.dir}", file=sys.stderr)
     with progress.reporter(TerminalBar):
         manifest = blog_to_images(source, overrides=overrides, config_file=args.config)

@@ -1,0 +1,376 @@
+"""Article extraction from HTML and Markdown with beautifulsoup4.
+
+The chain, in order:
+
+1. parse (``html.parser``: no C dependency) and drop markup that is never article text —
+   scripts, styles, forms, code blocks, comments in the HTML sense;
+2. drop boilerplate by tag (nav, aside, header/footer outside the article), ARIA role and
+   class/id words (cookie banners, ads, comment threads, share bars, newsletters, related posts);
+3. pick the content root: the largest ``<article>``, else ``<main>``/``role=main``, else the
+   block with the best text-density score (text in paragraphs, penalised by link text);
+4. walk the root in document order collecting headings, paragraphs and list items into sections.
+
+Markdown is rendered to HTML with markdown-it-py (CommonMark) and goes through step 4 only;
+fenced and indented code become ``<pre>`` and are dropped like in HTML.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+
+from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
+
+from nlp.errors import EmptyArticleError
+from nlp.models import Article, Section
+
+logger = logging.getLogger(__name__)
+
+# Elements whose content is never article prose.
+_DROP_TAGS = (
+    "script", "style", "noscript", "template", "svg", "canvas", "iframe", "object", "embed",
+    "form", "button", "input", "select", "textarea", "label", "pre", "code", "video", "audio",
+    "map", "dialog", "head", "link", "meta",
+)
+# Boilerplate containers (outside and inside the content root).
+_BOILERPLATE_TAGS = ("nav", "aside", "menu")
+_BOILERPLATE_ROLES = {
+    "navigation", "complementary", "contentinfo", "banner", "search", "dialog", "alertdialog",
+    "menu", "menubar", "toolbar", "alert",
+}
+# class/id words marking boilerplate. Matched against whole words of class/id (split on - _ and
+# case changes) so that "ad" never matches "head" or "download".
+_BOILERPLATE_WORDS = {
+    "ad", "ads", "adsbygoogle", "advert", "advertisement", "advertising", "adslot", "adunit",
+    "sponsor", "sponsored", "promo", "promoted", "banner", "cookie", "cookies", "consent", "gdpr",
+    "cmp", "comment", "comments", "disqus", "respond", "reply", "replies", "share", "sharing",
+    "social", "newsletter", "subscribe", "subscription", "signup", "related", "recommended",
+    "popular", "trending", "breadcrumb", "breadcrumbs", "sidebar", "widget", "popup", "modal",
+    "overlay", "footer", "masthead", "navbar", "nav", "menu", "pagination", "pager", "tags",
+    "tagcloud", "byline", "author", "bio", "meta", "toc", "skip", "outbrain", "taboola",
+    "paywall", "toolbar", "cta", "donate", "disclaimer", "copyright", "legal", "syndication",
+}
+# Weak boilerplate words lose against a content word ("article-meta" goes, "meta-content" stays).
+_WEAK_WORDS = {"meta", "author", "bio", "byline", "tags", "toc", "banner", "widget", "print"}
+_CONTENT_WORDS = {"content", "article", "body", "story", "main", "text", "prose"}
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+_LEAF_BLOCKS = ("p", "li", "dd", "dt", "blockquote", "figcaption", "td", "th", "summary")
+_BLOCKS = set(_HEADINGS) | set(_LEAF_BLOCKS) | {
+    "div", "section", "article", "main", "ul", "ol", "dl", "table", "tbody", "thead", "tr",
+    "figure", "header", "footer", "details", "hr", "br", "body", "html", "center", "address",
+}
+_WS = re.compile(r"\s+")
+_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_WORD_SPLIT = re.compile(r"[-_\s]+|(?<=[a-z])(?=[A-Z])")
+
+
+def clean_text(text: str) -> str:
+    """Unicode NFC, zero-width and soft hyphens removed, whitespace runs collapsed to one space."""
+    text = unicodedata.normalize("NFC", text)
+    text = _ZERO_WIDTH.sub("", text)
+    return _WS.sub(" ", text).strip()
+
+
+def _attr_words(tag: Tag) -> set[str]:
+    values: list[str] = []
+    for name in ("class", "id"):
+        v = tag.get(name)
+        if isinstance(v, list):
+            values.extend(v)
+        elif v:
+            values.append(str(v))
+    words: set[str] = set()
+    for v in values:
+        words.update(w.lower() for w in _WORD_SPLIT.split(v) if w)
+    return words
+
+
+def _is_hidden(tag: Tag) -> bool:
+    if tag.has_attr("hidden") or tag.get("aria-hidden") == "true":
+        return True
+    style = str(tag.get("style") or "").replace(" ", "").lower()
+    return "display:none" in style or "visibility:hidden" in style
+
+
+def _is_boilerplate(tag: Tag) -> bool:
+    if tag.name in _BOILERPLATE_TAGS:
+        return True
+    if str(tag.get("role") or "").lower() in _BOILERPLATE_ROLES:
+        return True
+    if _is_hidden(tag):
+        return True
+    words = _attr_words(tag)
+    hits = words & _BOILERPLATE_WORDS
+    if not hits:
+        return False
+    return not (words & _CONTENT_WORDS and hits <= _WEAK_WORDS)
+
+
+def _strip(soup: BeautifulSoup) -> None:
+    """Remove HTML comments, never-text elements and boilerplate, in place."""
+    for node in soup.find_all(string=lambda s: isinstance(s, (Comment, Doctype))):
+        node.extract()
+    for tag in soup.find_all(_DROP_TAGS):
+        # Inline <code> inside a sentence is part of the prose ("run `pip install`") only when it
+        # is short; block code lives in <pre> and goes.
+        if tag.name == "code" and tag.find_parent("pre") is None and len(tag.get_text()) <= 40:
+            tag.unwrap()
+            continue
+        tag.decompose()
+    body = soup.body or soup
+    body_len = _text_len(body) or 1
+    for tag in list(soup.find_all(True)):
+        if getattr(tag, "decomposed", False) or tag.name in ("html", "body", "article", "main"):
+            continue
+        if tag.name in ("header", "footer"):
+            # Site header/footer go; inside the post a <header> holds its title, a <footer> tags.
+            if tag.name == "footer" or tag.find_parent(["article", "main"]) is None:
+                if not tag.find(["article", "main"]):
+                    tag.decompose()
+            continue
+        if not _is_boilerplate(tag):
+            continue
+        # A class like "page has-sidebar" on a wrapper must not take the post with it.
+        if tag.name not in _BOILERPLATE_TAGS and (
+            tag.find(["article", "main"]) is not None or _text_len(tag) > 0.6 * body_len
+        ):
+            continue
+        tag.decompose()
+
+
+def _text_len(tag: Tag) -> int:
+    return len(clean_text(tag.get_text(" ")))
+
+
+def _link_len(tag: Tag) -> int:
+    return sum(len(clean_text(a.get_text(" "))) for a in tag.find_all("a"))
+
+
+def _density_root(body: Tag) -> Tag:
+    """The block whose paragraphs hold the most non-link text (a small readability).
+
+    Each ``<p>``-like block credits its parent fully and its grandparent half; a candidate's
+    score is scaled by ``1 - link density``. Falls back to ``body``.
+    """
+    scores: dict[int, float] = {}
+    nodes: dict[int, Tag] = {}
+    for p in body.find_all(["p", "li", "blockquote", "pre", "td"]):
+        n = _text_len(p)
+        if n < 25:
+            continue
+        # Commas mark sentences of prose rather than menus.
+        s = 1.0 + min(n / 100.0, 3.0) + p.get_text().count(",") * 0.5
+        parent = p.parent
+        for weight in (1.0, 0.5):
+            if not isinstance(parent, Tag) or parent.name in ("html", "[document]"):
+                break
+            scores[id(parent)] = scores.get(id(parent), 0.0) + s * weight
+            nodes[id(parent)] = parent
+            parent = parent.parent
+    best, best_score = body, 0.0
+    for key, score in scores.items():
+        node = nodes[key]
+        total = _text_len(node) or 1
+        score *= 1.0 - min(_link_len(node) / total, 1.0)
+        if score > best_score:
+            best, best_score = node, score
+    return best
+
+
+def _content_root(soup: BeautifulSoup) -> Tag:
+    body = soup.body or soup
+    articles = [a for a in body.find_all("article") if _text_len(a) >= 200]
+    if articles:
+        # Archive pages list many <article> teasers; the post is the one with the most text.
+        return max(articles, key=_text_len)
+    for cand in (body.find("main"), body.find(attrs={"role": "main"})):
+        if isinstance(cand, Tag) and _text_len(cand) >= 200:
+            return cand
+    return _density_root(body)
+
+
+def _inline_text(node: Tag | NavigableString) -> str:
+    if isinstance(node, NavigableString):
+        return str(node)
+    parts: list[str] = []
+    for child in node.descendants:
+        if isinstance(child, NavigableString):
+            parts.append(str(child))
+        elif child.name == "br":
+            parts.append(" ")
+    return "".join(parts)
+
+
+class _Collector:
+    """Walks a content root in document order and fills sections."""
+
+    def __init__(self) -> None:
+        self.sections: list[Section] = [Section(heading=None, level=0)]
+        self._inline: list[str] = []
+
+    def flush(self) -> None:
+        text = clean_text("".join(self._inline))
+        self._inline = []
+        if text:
+            self.sections[-1].paragraphs.append(text)
+
+    def heading(self, text: str, level: int) -> None:
+        self.flush()
+        text = clean_text(text)
+        if text:
+            self.sections.append(Section(heading=text, level=level))
+
+    def paragraph(self, text: str) -> None:
+        self.flush()
+        text = clean_text(text)
+        if text:
+            self.sections[-1].paragraphs.append(text)
+
+    def walk(self, node: Tag) -> None:
+        for child in node.children:
+            if isinstance(child, NavigableString):
+                self._inline.append(str(child))
+                continue
+            if not isinstance(child, Tag):
+                continue
+            name = child.name
+            if name in _HEADINGS:
+                self.heading(_inline_text(child), int(name[1]))
+            elif name in _LEAF_BLOCKS and not child.find(list(_BLOCKS - {"br"})):
+                self.paragraph(_inline_text(child))
+            elif name in ("br", "hr"):
+                self.flush()
+            elif name in _BLOCKS or name in _LEAF_BLOCKS:
+                self.flush()
+                self.walk(child)
+                self.flush()
+            else:
+                # Inline element (a, em, strong, span, …): part of the running paragraph.
+                self._inline.append(_inline_text(child))
+        # Text that trails directly in a block belongs to that block.
+
+    def result(self) -> list[Section]:
+        self.flush()
+        return [s for s in self.sections if s.heading or s.paragraphs]
+
+
+def _meta_title(soup: BeautifulSoup) -> str:
+    for attrs in ({"property": "og:title"}, {"name": "og:title"}, {"name": "twitter:title"}):
+        tag = soup.find("meta", attrs=attrs)
+        if isinstance(tag, Tag) and tag.get("content"):
+            return clean_text(str(tag["content"]))
+    return ""
+
+
+_TITLE_SUFFIX = re.compile(r"\s+[|–—·»:-]\s+[^|–—·»]{1,40}$")
+
+
+def extract_html(html: str, source: str = "") -> Article:
+    """Extract title and sections from an HTML document.
+
+    Title: ``og:title`` (or ``twitter:title``), else the first ``<h1>``, else ``<title>`` with a
+    trailing " | Site name" removed. An ``<h1>`` equal to the title is not repeated as a section.
+    Raises :class:`EmptyArticleError` when no text is left.
+    """
+    soup = BeautifulSoup(html, "html.parser")
+    meta_title = _meta_title(soup)
+    title_tag = soup.find("title")
+    doc_title = clean_text(title_tag.get_text()) if isinstance(title_tag, Tag) else ""
+    _strip(soup)
+    root = _content_root(soup)
+    h1 = root.find("h1") or soup.find("h1")
+    h1_text = clean_text(h1.get_text(" ")) if isinstance(h1, Tag) else ""
+    title = meta_title or h1_text or _TITLE_SUFFIX.sub("", doc_title) or doc_title
+
+    collector = _Collector()
+    collector.walk(root)
+    sections = collector.result()
+    # The post's own <h1> is its title, not a section heading.
+    if sections and sections[0].heading and sections[0].level == 1 and _same(sections[0].heading, title or h1_text):
+        first = sections.pop(0)
+        if first.paragraphs:
+            sections.insert(0, Section(heading=None, level=0, paragraphs=first.paragraphs))
+    elif sections and sections[0].heading is None and len(sections) > 1 and sections[1].level == 1 \
+            and _same(sections[1].heading or "", title):
+        head = sections.pop(1)
+        sections[0].paragraphs.extend(head.paragraphs)
+    sections = [s for s in sections if s.paragraphs or s.heading]
+    if not any(s.paragraphs for s in sections):
+        raise EmptyArticleError(
+            f"no article text found in {source or 'the page'}: it may need JavaScript to render; "
+            "save the rendered page as HTML or pass the post as a Markdown/text file"
+        )
+    return Article(source=source, title=title, sections=sections)
+
+
+def _same(a: str, b: str) -> bool:
+    return clean_text(a).casefold() == clean_text(b).casefold()
+
+
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n(?:---|\.\.\.)\s*\n", re.S)
+_FM_TITLE = re.compile(r"^title\s*:\s*(.+?)\s*$", re.M)
+
+
+def extract_markdown(text: str, source: str = "") -> Article:
+    """Extract title and sections from Markdown (CommonMark + YAML front matter).
+
+    Title: front matter ``title:``, else the first ``# heading``. Fenced/indented code blocks,
+    images and raw HTML comments are dropped; links keep their text.
+    """
+    from markdown_it import MarkdownIt
+
+    text = text.lstrip("\ufeff")
+    title = ""
+    m = _FRONT_MATTER.match(text)
+    if m:
+        t = _FM_TITLE.search(m.group(1))
+        if t:
+            title = t.group(1).strip().strip("'\"")
+        text = text[m.end():]
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    soup = BeautifulSoup(html, "html.parser")
+    for img in soup.find_all("img"):
+        img.decompose()
+    _strip_code(soup)
+    collector = _Collector()
+    collector.walk(soup)
+    sections = collector.result()
+    if not title and sections and sections[0].level == 1 and sections[0].heading:
+        title = sections[0].heading
+    if sections and sections[0].level == 1 and _same(sections[0].heading or "", title):
+        first = sections.pop(0)
+        if first.paragraphs:
+            sections.insert(0, Section(heading=None, level=0, paragraphs=first.paragraphs))
+    if not any(s.paragraphs for s in sections):
+        raise EmptyArticleError(
+            f"no text found in {source or 'the Markdown document'}: it has no paragraphs outside "
+            "code blocks; check that the file is the post itself"
+        )
+    return Article(source=source, title=title, sections=sections)
+
+
+def _strip_code(soup: BeautifulSoup) -> None:
+    for node in soup.find_all(string=lambda s: isinstance(s, Comment)):
+        node.extract()
+    for tag in soup.find_all(["pre", "script", "style"]):
+        tag.decompose()
+    for tag in soup.find_all("code"):
+        if len(tag.get_text()) <= 40:
+            tag.unwrap()
+        else:
+            tag.decompose()
+
+
+def extract_text(text: str, source: str = "") -> Article:
+    """Plain text: blank-line separated paragraphs; a short first line without a full stop is
+    the title."""
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    paras = [clean_text(p) for p in re.split(r"\n\s*\n", text)]
+    paras = [p for p in paras if p]
+    title = ""
+    if paras and len(paras[0]) <= 120 and not paras[0].endswith((".", "!", "?")):
+        title = paras.pop(0)
+    if not paras:
+        raise EmptyArticleError(f"{source or 'the text'} is empty: pass a file with the post's text")
+    return Article(source=source, title=title, sections=[Section(paragraphs=paras)])

@@ -29,9 +29,16 @@ class BartConfig:
     image_length: int = 256  # image tokens per image (grid_size ** 2)
     ln_eps: float = 1e-5
     pad_token_id: int = 1  # BART tokenizer's <pad>
+    # BOS of the image sequence. None means ``image_vocab_size`` (mini, tiny); mega's config.json
+    # says 16384 although its image vocabulary is padded to 16415 rows for sharding.
+    decoder_start_token_id: int | None = None
+    normalize_text: bool = True  # run dalle-mini's text normalizer before tokenizing
+    init_std: float = 0.02  # normal init of kernels and embeddings (random-init and training)
 
     @property
     def image_bos_id(self) -> int:
+        if self.decoder_start_token_id is not None:
+            return self.decoder_start_token_id
         return self.image_vocab_size
 
     @property
@@ -175,6 +182,8 @@ VARIANTS: dict[str, ModelVariant] = {
             glu_dim=4096,
             text_vocab_size=50272,
             image_vocab_size=16415,
+            decoder_start_token_id=16384,
+            init_std=0.01,
         ),
         vqgan=VQGANConfig(),
         clip=CLIPConfig(),

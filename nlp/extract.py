@@ -50,6 +50,7 @@ _BOILERPLATE_WORDS = {
     "overlay", "footer", "masthead", "navbar", "nav", "menu", "pagination", "pager", "tags",
     "tagcloud", "byline", "author", "bio", "meta", "toc", "skip", "outbrain", "taboola",
     "paywall", "toolbar", "cta", "donate", "disclaimer", "copyright", "legal", "syndication",
+    "header",
 }
 # Weak boilerplate words lose against a content word ("article-meta" goes, "meta-content" stays).
 _WEAK_WORDS = {"meta", "author", "bio", "byline", "tags", "toc", "banner", "widget", "print"}
@@ -131,6 +132,9 @@ def _strip(soup: BeautifulSoup) -> None:
             continue
         if not _is_boilerplate(tag):
             continue
+        # Like the <header> tag: a "header" block inside the post holds its title and standfirst.
+        if _attr_words(tag) & _BOILERPLATE_WORDS == {"header"} and tag.find_parent(["article", "main"]):
+            continue
         # A class like "page has-sidebar" on a wrapper must not take the post with it.
         if tag.name not in _BOILERPLATE_TAGS and (
             tag.find(["article", "main"]) is not None or _text_len(tag) > 0.6 * body_len
@@ -147,21 +151,43 @@ def _link_len(tag: Tag) -> int:
     return sum(len(clean_text(a.get_text(" "))) for a in tag.find_all("a"))
 
 
+_INLINE = {"a", "em", "strong", "b", "i", "u", "span", "small", "mark", "abbr", "cite", "q",
+           "sub", "sup", "time", "code", "s", "del", "ins", "font", "br"}
+
+
+def _own_text_len(tag: Tag) -> int:
+    """Text directly in ``tag`` (its strings and inline children), not in nested blocks."""
+    parts = []
+    for child in tag.children:
+        if isinstance(child, NavigableString):
+            parts.append(str(child))
+        elif isinstance(child, Tag) and child.name in _INLINE:
+            parts.append(child.get_text(" "))
+    return len(clean_text(" ".join(parts)))
+
+
 def _density_root(body: Tag) -> Tag:
     """The block whose paragraphs hold the most non-link text (a small readability).
 
-    Each ``<p>``-like block credits its parent fully and its grandparent half; a candidate's
-    score is scaled by ``1 - link density``. Falls back to ``body``.
+    A ``<p>``-like block credits its parent fully and its grandparent half; a ``<div>`` holding
+    text directly (old ``<br><br>`` layouts) credits itself and its parent. A candidate's score
+    is scaled by ``1 - link density``. Falls back to ``body``.
     """
     scores: dict[int, float] = {}
     nodes: dict[int, Tag] = {}
-    for p in body.find_all(["p", "li", "blockquote", "pre", "td"]):
-        n = _text_len(p)
+    for node in body.find_all(["p", "li", "blockquote", "pre", "td", "div", "section"]):
+        if node.name in ("div", "section", "td"):
+            n = _own_text_len(node)
+            start = node
+        else:
+            n = _text_len(node)
+            start = node.parent
         if n < 25:
             continue
         # Commas mark sentences of prose rather than menus.
-        s = 1.0 + min(n / 100.0, 3.0) + p.get_text().count(",") * 0.5
-        parent = p.parent
+        text = node.get_text()
+        s = 1.0 + min(n / 100.0, 3.0 if start is node.parent else 30.0) + min(text.count(","), 30) * 0.5
+        parent = start
         for weight in (1.0, 0.5):
             if not isinstance(parent, Tag) or parent.name in ("html", "[document]"):
                 break
@@ -202,6 +228,18 @@ def _inline_text(node: Tag | NavigableString) -> str:
     return "".join(parts)
 
 
+# Post metadata lines that sit inside the content root ("8 min read", "Posted on", "By Jane").
+_META_LINE = re.compile(
+    r"\b\d+\s*(?:min|mins|minutes?)\s+read\b|^(?:posted|filed|published|updated|written)\b"
+    r"|^by\s+\S+(?:\s+\S+)?\s*(?:[·|,–—-]|$)|\b\d+\s+comments?\b",
+    re.I,
+)
+
+
+def _is_meta_line(text: str) -> bool:
+    return len(text.split()) <= 16 and bool(_META_LINE.search(text))
+
+
 class _Collector:
     """Walks a content root in document order and fills sections."""
 
@@ -212,7 +250,7 @@ class _Collector:
     def flush(self) -> None:
         text = clean_text("".join(self._inline))
         self._inline = []
-        if text:
+        if text and not _is_meta_line(text):
             self.sections[-1].paragraphs.append(text)
 
     def heading(self, text: str, level: int) -> None:
@@ -224,7 +262,7 @@ class _Collector:
     def paragraph(self, text: str) -> None:
         self.flush()
         text = clean_text(text)
-        if text:
+        if text and not _is_meta_line(text):
             self.sections[-1].paragraphs.append(text)
 
     def walk(self, node: Tag) -> None:
@@ -238,7 +276,13 @@ class _Collector:
             if name in _HEADINGS:
                 self.heading(_inline_text(child), int(name[1]))
             elif name in _LEAF_BLOCKS and not child.find(list(_BLOCKS - {"br"})):
-                self.paragraph(_inline_text(child))
+                text = clean_text(_inline_text(child))
+                links = sum(len(clean_text(a.get_text(" "))) for a in child.find_all("a"))
+                # A short paragraph made of links ("Jump to recipe · Print") is navigation.
+                if name == "p" and text and links >= 0.8 * len(text) and len(text.split()) < 12:
+                    self.flush()
+                    continue
+                self.paragraph(text)
             elif name in ("br", "hr"):
                 self.flush()
             elif name in _BLOCKS or name in _LEAF_BLOCKS:
@@ -279,23 +323,16 @@ def extract_html(html: str, source: str = "") -> Article:
     doc_title = clean_text(title_tag.get_text()) if isinstance(title_tag, Tag) else ""
     _strip(soup)
     root = _content_root(soup)
-    h1 = root.find("h1") or soup.find("h1")
-    h1_text = clean_text(h1.get_text(" ")) if isinstance(h1, Tag) else ""
-    title = meta_title or h1_text or _TITLE_SUFFIX.sub("", doc_title) or doc_title
+    # An <h1> outside the post is usually the site's name: then <title> names the post better.
+    h1 = root.find("h1")
+    h1_text = clean_text(_inline_text(h1)) if isinstance(h1, Tag) else ""
+    any_h1 = soup.find("h1")
+    title = (meta_title or h1_text or _TITLE_SUFFIX.sub("", doc_title) or doc_title
+             or (clean_text(_inline_text(any_h1)) if isinstance(any_h1, Tag) else ""))
 
     collector = _Collector()
     collector.walk(root)
-    sections = collector.result()
-    # The post's own <h1> is its title, not a section heading.
-    if sections and sections[0].heading and sections[0].level == 1 and _same(sections[0].heading, title or h1_text):
-        first = sections.pop(0)
-        if first.paragraphs:
-            sections.insert(0, Section(heading=None, level=0, paragraphs=first.paragraphs))
-    elif sections and sections[0].heading is None and len(sections) > 1 and sections[1].level == 1 \
-            and _same(sections[1].heading or "", title):
-        head = sections.pop(1)
-        sections[0].paragraphs.extend(head.paragraphs)
-    sections = [s for s in sections if s.paragraphs or s.heading]
+    sections = _drop_title(collector.result(), {title, h1_text})
     if not any(s.paragraphs for s in sections):
         raise EmptyArticleError(
             f"no article text found in {source or 'the page'}: it may need JavaScript to render; "
@@ -304,8 +341,23 @@ def extract_html(html: str, source: str = "") -> Article:
     return Article(source=source, title=title, sections=sections)
 
 
-def _same(a: str, b: str) -> bool:
-    return clean_text(a).casefold() == clean_text(b).casefold()
+def _drop_title(sections: list[Section], titles: set[str]) -> list[Section]:
+    """The post's title is not a section: remove a heading or paragraph that repeats it among
+    the first blocks (keeping that section's paragraphs under the previous heading)."""
+    titles = {clean_text(t).casefold() for t in titles if t}
+    for i, sec in enumerate(sections[:3]):
+        if sec.heading and clean_text(sec.heading).casefold() in titles:
+            rest = sections[:i] + sections[i + 1:]
+            if sec.paragraphs:
+                if i > 0:
+                    rest[i - 1].paragraphs.extend(sec.paragraphs)
+                else:
+                    rest.insert(0, Section(heading=None, level=0, paragraphs=sec.paragraphs))
+            return [s for s in rest if s.heading or s.paragraphs]
+        if sec.paragraphs and clean_text(sec.paragraphs[0]).casefold() in titles:
+            sec.paragraphs.pop(0)
+            return [s for s in sections if s.heading or s.paragraphs]
+    return sections
 
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n(?:---|\.\.\.)\s*\n", re.S)
@@ -338,10 +390,7 @@ def extract_markdown(text: str, source: str = "") -> Article:
     sections = collector.result()
     if not title and sections and sections[0].level == 1 and sections[0].heading:
         title = sections[0].heading
-    if sections and sections[0].level == 1 and _same(sections[0].heading or "", title):
-        first = sections.pop(0)
-        if first.paragraphs:
-            sections.insert(0, Section(heading=None, level=0, paragraphs=first.paragraphs))
+    sections = _drop_title(sections, {title})
     if not any(s.paragraphs for s in sections):
         raise EmptyArticleError(
             f"no text found in {source or 'the Markdown document'}: it has no paragraphs outside "

@@ -1,0 +1,165 @@
+"""The service's side of the generator: batched sampling jobs, uploads to tokens, pixels out.
+
+``ImageEngine.run_batch`` is the queue's worker function. Every request becomes rows of one
+sampling call (a request for n images is n rows with n=1, so requests with different n still
+share a batch); variations and edits add forced tokens: the uploaded image is encoded to VQGAN
+tokens and the rows keep some of them (a random subset for variations, everything outside the
+mask for edits) while the rest is sampled.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flows.service.batching import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampleWork:
+    """One request's rows.
+
+    prompts: one text per row (variations use the empty prompt).
+    seed: the request's seed, or None for "any" (such requests share a batch and its seed).
+    source: uint8 [R, R, 3] image to encode (variations, edits), R = the VQGAN's resolution.
+    keep: bool [rows, g, g]; True keeps the source token at that cell, False samples it.
+    """
+
+    prompts: tuple[str, ...]
+    seed: int | None
+    settings: Any  # dalle_core.SamplingSettings
+    negative_prompt: str | None = None
+    source: np.ndarray | None = None
+    keep: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
+
+    def batch_key(self) -> Hashable:
+        """Requests with equal keys may be sampled in one call."""
+        forced = self.source is not None
+        # An explicit seed must reproduce the same images however the batch around it looks,
+        # so a seeded request runs alone; unseeded requests share whatever seed their batch gets.
+        seed: Hashable = ("seed", self.seed, object()) if self.seed is not None else "any"
+        return ("sample", self.settings, self.negative_prompt, forced, seed)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """tokens: int32 [rows, g, g]; images: uint8 [rows, H, W, 3] at the model's resolution."""
+
+    tokens: np.ndarray
+    images: np.ndarray
+    seed: int
+    batch_rows: int  # rows in the sampling call this request shared (for logs and tests)
+
+
+@dataclass(frozen=True)
+class ExclusiveWork:
+    """Anything else that needs the generator (platform renders): ``fn(generator)`` runs alone."""
+
+    fn: Callable[[Any], Any]
+
+
+def _bucket(rows: int) -> int:
+    """Next power of two: batches are padded so only a handful of shapes ever compile."""
+    size = 1
+    while size < rows:
+        size *= 2
+    return size
+
+
+class ImageEngine:
+    """Holds the generator; runs batches on the queue's worker thread."""
+
+    def __init__(self, generator: Any):
+        self.generator = generator
+        self.grid = int(generator.variant.bart.grid_size)
+        self.resolution = int(generator.variant.vqgan.resolution)
+        self.padded_rows = 0  # rows sampled including padding (diagnostics)
+
+    def warm_up(self) -> None:
+        """Compile the one-row sampling and decoding shapes before the first request."""
+        from dalle_core.types import SamplingSettings
+
+        tokens = self.generator.sample_tokens([""], n=1, seed=0, settings=SamplingSettings())
+        self.generator.decode(np.asarray(tokens)[:, 0])
+
+    def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
+        first = jobs[0].payload
+        if isinstance(first, ExclusiveWork):
+            return [job.payload.fn(self.generator) for job in jobs]
+        return self._sample(jobs)
+
+    def _sample(self, jobs: Sequence[Job]) -> list[SampleResult]:
+        works: list[SampleWork] = [job.payload for job in jobs]
+        head = works[0]
+        prompts = [p for w in works for p in w.prompts]
+        rows = len(prompts)
+        padded = _bucket(rows)
+        # Padding rows repeat the last prompt and are dropped after sampling.
+        prompts += [prompts[-1]] * (padded - rows)
+        seed = head.seed if head.seed is not None else random.SystemRandom().randrange(2**31)
+        forced_tokens = forced_mask = None
+        if head.source is not None:
+            forced_tokens, forced_mask = self._forced(works, padded)
+        tokens = self.generator.sample_tokens(
+            prompts,
+            n=1,
+            seed=seed,
+            settings=head.settings,
+            negative_prompt=head.negative_prompt,
+            forced_tokens=forced_tokens,
+            forced_mask=forced_mask,
+        )
+        tokens = np.asarray(tokens)[:, 0]  # [padded, g, g]
+        images = np.asarray(self.generator.decode(tokens))[:rows]
+        tokens = tokens[:rows]
+        self.padded_rows += padded
+        log.info("sampled %d rows for %d requests (padded to %d, seed %d)", rows, len(works), padded, seed)
+        out, start = [], 0
+        for w in works:
+            stop = start + w.rows
+            out.append(SampleResult(tokens[start:stop], images[start:stop], seed, rows))
+            start = stop
+        return out
+
+    def _forced(self, works: Sequence[SampleWork], padded: int) -> tuple[np.ndarray, np.ndarray]:
+        """Source tokens per row int32 [padded, g, g] and the keep mask bool [padded, g, g]."""
+        # One encode for all uploads of the batch (padded like the sampling rows).
+        sources = np.stack([w.source for w in works])
+        n_src = len(sources)
+        enc_pad = _bucket(n_src)
+        if enc_pad > n_src:
+            sources = np.concatenate([sources, np.repeat(sources[-1:], enc_pad - n_src, axis=0)])
+        codes = np.asarray(self.generator.encode(sources))[:n_src].astype(np.int32)
+        tok_rows, keep_rows = [], []
+        for w, code in zip(works, codes, strict=True):
+            tok_rows.append(np.repeat(code[None], w.rows, axis=0))
+            keep_rows.append(np.asarray(w.keep, dtype=bool))
+        tokens = np.concatenate(tok_rows)
+        keep = np.concatenate(keep_rows)
+        extra = padded - len(tokens)
+        if extra:
+            tokens = np.concatenate([tokens, np.repeat(tokens[-1:], extra, axis=0)])
+            keep = np.concatenate([keep, np.repeat(keep[-1:], extra, axis=0)])
+        return tokens, keep
+
+
+def variation_keep_masks(rows: int, grid: int, keep: float, seed: int | None) -> np.ndarray:
+    """bool [rows, grid, grid]: a different random ``keep`` share of cells per row."""
+    rng = np.random.default_rng(seed)
+    cells = grid * grid
+    n_keep = int(round(keep * cells))
+    masks = np.zeros((rows, cells), dtype=bool)
+    for r in range(rows):
+        masks[r, rng.choice(cells, size=n_keep, replace=False)] = True
+    return masks.reshape(rows, grid, grid)

@@ -231,3 +231,22 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
     manifest = output.read_manifest(folder)
     manifest["output_dir"] = str(folder)
     return manifest
+
+
+def text_stages(article, settings: Settings):
+    """chunk → topics → combine → prompt as plain calls, for callers outside a Prefect run.
+
+    The flow runs these stages as separate tasks (retries, timings, the UI); the HTTP service's
+    publishing hook calls this in its synchronous mode. Same nlp calls, same settings adapters.
+    Returns (chunks, topic result, merged topics, ImagePrompt); raises ModerationError.
+    """
+    chunks = nlp_chunk.chunk_article(
+        article, max_tokens=settings.text.chunk_tokens, overlap=settings.text.chunk_overlap
+    )
+    result = nlp_topics.extract_topics(chunks, llm_settings(settings.llm))
+    topics = nlp_combine.combine_topics(result, top_n=settings.text.top_topics)
+    cfg = settings.prompt
+    prompt_settings = nlp_prompt.PromptSettings(style=cfg.style, negative_words=list(cfg.negative_words))
+    prompt = nlp_prompt.build_prompt(topics, article.title, prompt_settings, llm_settings(settings.llm))
+    nlp_prompt.moderate(prompt, list(cfg.blocklist))
+    return chunks, result, topics, prompt

@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.set_defaults(func=cmd_styles)
+    from flows import deploy  # serve, worker, watch (Prefect deployments)
+    deploy.register(sub)
     return parser
 
 

@@ -42,7 +42,7 @@ from pydantic import Field
 STATE_VERSION = 1
 MAX_FEED_BYTES = 20_000_000
 MAX_SITEMAP_DEPTH = 3
-DEFAULT_DEPLOYMENT = "blog-to-images/blog-to-images"
+DEFAULT_DEPLOYMENT = "blog-to-images/covercraft"  # configs/deploy.yaml deployments.blog_to_images
 
 
 class FeedError(ValueError):

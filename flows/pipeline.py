@@ -8,14 +8,21 @@ composes them and times each stage for the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from datetime import timedelta
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import yaml
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.tasks import exponential_backoff
+from pydantic import Field
 
-from flows import output
+from flows import artifacts, output, worker
 from flows.model import get_generator
 from flows.progress import progress_for
 from flows.settings import (
@@ -62,7 +69,18 @@ def llm_settings(cfg: LLMConfig) -> nlp_topics.LLMSettings | None:
     )
 
 
-@task(name="fetch", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=_retry_transient)
+def _fetch_cache_key(context, parameters) -> str:
+    # A local file is keyed by its bytes; a URL by itself for cache_expiration (its content is what
+    # we are fetching), so a quick re-run of a post does not fetch and extract it again.
+    source, cfg = parameters["source"], parameters["cfg"]
+    path = Path(source).expanduser()
+    content = hashlib.sha256(path.read_bytes()).hexdigest() if "://" not in source and path.is_file() else ""
+    return hashlib.sha256(f"fetch-v1|{source}|{content}|{cfg.model_dump_json()}".encode()).hexdigest()
+
+
+@task(name="fetch", retries=2, retry_delay_seconds=[2, 8], retry_jitter_factor=0.5,
+      retry_condition_fn=_retry_transient, timeout_seconds=120,
+      cache_key_fn=_fetch_cache_key, cache_expiration=timedelta(minutes=30))
 def fetch_post(source: str, cfg: FetchConfig):
     settings = nlp_fetch.FetchSettings(**cfg.model_dump())
     article = nlp_fetch.fetch_article(source, settings)
@@ -77,7 +95,13 @@ def chunk_post(article, cfg: TextSettings):
     return chunks
 
 
-@task(name="topics")
+# The LLM stages: retried with back-off on top of the client's own retries, bounded in time, and
+# cached by their inputs (the chunk texts / topics), so a re-run never pays the LLM twice.
+_LLM_TASK = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5),
+                 retry_jitter_factor=0.5, timeout_seconds=600, cache_policy=INPUTS + TASK_SOURCE)
+
+
+@task(name="topics", **_LLM_TASK)
 def extract_topics(chunks, cfg: LLMConfig):
     result = nlp_topics.extract_topics(chunks, llm_settings(cfg))
     get_run_logger().info("topics by %s: %s", result.extractor, ", ".join(t.phrase for t in result.topics[:10]))
@@ -91,7 +115,7 @@ def combine_topics(result, cfg: TextSettings):
     return topics
 
 
-@task(name="prompt")
+@task(name="prompt", **_LLM_TASK)
 def build_prompt(topics, title: str, cfg: PromptConfig, llm: LLMConfig):
     settings = nlp_prompt.PromptSettings(style=cfg.style, negative_words=list(cfg.negative_words))
     prompt = nlp_prompt.build_prompt(topics, title, settings, llm_settings(llm))
@@ -112,19 +136,26 @@ def sampling_settings(cfg: SamplingConfig):
 
 
 @task(name="generate")
-def generate_images(prompt_text: str, negative: str, model: ModelSettings, cfg: SamplingConfig):
-    """Sample image tokens and decode them: tokens int32 [n, g, g], images uint8 [n, H, W, 3]."""
+def generate_images(prompt_text: str, negative: str, model: ModelSettings, cfg: SamplingConfig,
+                    progress_artifact: str | None = None):
+    """Sample image tokens and decode them: tokens int32 [n, g, g], images uint8 [n, H, W, 3].
+
+    Runs inline or on the resident task worker (flows/worker.py); one generation per slot of the
+    configured global concurrency limit.
+    """
     logger = get_run_logger()
     gen = get_generator(model)
-    tokens = gen.sample_tokens(
-        [prompt_text],
-        n=cfg.candidates,
-        seed=cfg.seed,
-        settings=sampling_settings(cfg),
-        negative_prompt=negative or None,
-        progress=progress_for("sampling image tokens", logger),
-    )[0]
-    images = gen.decode(tokens)
+    progress = artifacts.progress_updater(progress_artifact, progress_for("sampling image tokens", logger))
+    with worker.generation_slot():
+        tokens = gen.sample_tokens(
+            [prompt_text],
+            n=cfg.candidates,
+            seed=cfg.seed,
+            settings=sampling_settings(cfg),
+            negative_prompt=negative or None,
+            progress=progress,
+        )[0]
+        images = gen.decode(tokens)
     logger.info("decoded %d images of %dx%d", len(images), images.shape[2], images.shape[1])
     return tokens, images
 
@@ -134,6 +165,12 @@ def rank_images(prompt_text: str, images: np.ndarray, model: ModelSettings) -> l
     """CLIP scores of each image against the prompt (None when the model has no CLIP)."""
     scores = get_generator(model).score([prompt_text], images[None])
     return None if scores is None else [float(s) for s in scores[0]]
+
+
+@task(name="model-info")
+def describe_model(model: ModelSettings) -> dict[str, Any]:
+    """The manifest's model section, from the process that holds the model."""
+    return get_generator(model).info.to_dict()
 
 
 @task(name="finish")
@@ -169,23 +206,50 @@ def settings_for_run(
     return load_settings(config_file, deep_merge(overrides or {}, mine))
 
 
+def _platform_names() -> tuple[str, ...]:
+    """Platform presets for the form: keys of configs/platforms.yaml (nlp's platform hints until it exists)."""
+    try:
+        data = yaml.safe_load(resources.files("configs").joinpath("platforms.yaml").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return tuple(nlp_prompt.PLATFORM_CONTEXT)
+    data = data or {}
+    table = data.get("platforms", data) if isinstance(data, dict) else {}
+    return tuple(table) or tuple(nlp_prompt.PLATFORM_CONTEXT)
+
+
+# Literal choices become enums in the deployment's parameter schema: the UI form shows drop-downs.
+StyleName = Literal[tuple(nlp_prompt.STYLE_PRESETS)]  # type: ignore[valid-type]
+PlatformName = Literal[_platform_names()]  # type: ignore[valid-type]
+
+
 @flow(name="blog-to-images", log_prints=False)
 def blog_to_images(
-    source: str,
-    style: str | None = None,
-    candidates: int | None = None,
-    seed: int | None = None,
-    negative_words: list[str] | None = None,
+    source: Annotated[str, Field(min_length=1)],
+    style: StyleName | None = None,
+    candidates: Annotated[int | None, Field(ge=1, le=64)] = None,
+    seed: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
+    negative_words: Annotated[list[str] | None, Field(max_length=32)] = None,
     upscale: bool | None = None,
-    platforms: list[str] | None = None,
+    platforms: list[PlatformName] | None = None,
     overrides: dict[str, Any] | None = None,
     config_file: str | None = None,
 ) -> dict[str, Any]:
     """A blog post (URL or file) in; ranked images, cover.png and manifest.json out.
 
-    Parameters left as None come from the settings (configs/default.yaml, ``config_file``,
-    ``COVERCRAFT_*`` env); ``overrides`` is a nested dict of any other settings.
-    Returns the manifest (with ``output_dir`` set to the finished folder).
+    Parameters left empty come from the settings (configs/default.yaml, ``config_file``,
+    ``COVERCRAFT_*`` env). Returns the manifest (with ``output_dir`` set to the finished folder).
+    The Args below are the descriptions the Prefect UI shows in the run form.
+
+    Args:
+        source: The blog post: an http(s) URL, or the path of an HTML/Markdown file the worker can read.
+        style: Style preset of the image (empty: prompt.style from the settings).
+        candidates: Images to generate, 1-64; the best CLIP score becomes the cover.
+        seed: Random seed; the same seed and post give the same images.
+        negative_words: Words to steer the image away from (they become the negative prompt).
+        upscale: Upscale the cover x4.
+        platforms: Platforms to make sized images for.
+        overrides: Advanced: any other settings as nested keys, e.g. {"sampling": {"top_k": 32}}.
+        config_file: Advanced: a settings YAML file on the worker (see configs/default.yaml).
     """
     settings = settings_for_run(
         style=style, candidates=candidates, seed=seed, negative_words=negative_words,
@@ -210,12 +274,14 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
     result = timed("topics", extract_topics, chunks, settings.llm)
     topics = timed("combine", combine_topics, result, settings.text)
     prompt = timed("prompt", build_prompt, topics, article.title, settings.prompt, settings.llm)
+    # The model tasks run where the model is resident (flows/worker.py), not in this process.
+    progress_id = artifacts.start_progress(f"sampling image tokens: {prompt.text}")
     tokens, images = timed(
-        "generate", generate_images, prompt.text, prompt.negative, settings.model, settings.sampling
+        "generate", worker.call, generate_images, prompt.text, prompt.negative, settings.model,
+        settings.sampling, progress_id,
     )
-    scores = timed("rank", rank_images, prompt.text, images, settings.model)
+    scores = timed("rank", worker.call, rank_images, prompt.text, images, settings.model)
 
-    gen = get_generator(settings.model)
     manifest = output.build_manifest(
         source=source,
         article=article,
@@ -223,13 +289,14 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
         result=result,
         topics=topics,
         prompt=prompt,
-        model_info=gen.info.to_dict(),
+        model_info=worker.call(describe_model, settings.model),
         sampling=settings.sampling.model_dump(),
         timings=timings,
     )
     folder = finish(manifest, tokens, images, scores, settings.output.dir, settings.output.upscale)
     manifest = output.read_manifest(folder)
     manifest["output_dir"] = str(folder)
+    artifacts.publish_run(manifest, folder)
     return manifest
 
 

@@ -1,0 +1,108 @@
+"""The resident model: a Prefect task worker that serves the model-touching tasks of blog-to-images.
+
+``flow.serve()`` (and every process or Kubernetes worker) runs each flow run in a fresh process, so a
+model loaded inside the flow would be loaded and compiled again on every run. Instead the tasks that
+need the model — ``generate`` (sample + decode), ``rank`` (CLIP) and ``model-info`` — are served by a
+long-lived task worker (``covercraft worker``, started by ``covercraft serve``). The flow submits them
+with ``Task.delay`` and waits for the result; the worker keeps one ``Generator`` per model settings
+(``flows.model.get_generator``), so only its first run pays loading and compilation.
+
+The route is chosen by the environment, which ``covercraft serve`` sets for its flow runs:
+
+- ``COVERCRAFT_GENERATE_ROUTE=task-worker``: submit to the task worker (results travel through
+  Prefect's result storage, ``PREFECT_LOCAL_STORAGE_PATH``: shared by processes on one host; use a
+  shared volume or remote storage when task workers run on other hosts);
+- unset or ``inline``: run in the flow's own process (``covercraft run``, tests).
+
+``COVERCRAFT_GENERATION_LIMIT`` names the Prefect global concurrency limit taken, strictly, around
+each generation, wherever it runs; unset means no limit (``covercraft run`` on a laptop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+ROUTE_ENV = "COVERCRAFT_GENERATE_ROUTE"
+LIMIT_ENV = "COVERCRAFT_GENERATION_LIMIT"
+LIMIT_TIMEOUT_ENV = "COVERCRAFT_GENERATION_LIMIT_TIMEOUT"
+RESULT_TIMEOUT_ENV = "COVERCRAFT_GENERATE_TIMEOUT"
+ROUTES = ("inline", "task-worker")
+
+log = logging.getLogger(__name__)
+
+
+def route() -> str:
+    value = os.environ.get(ROUTE_ENV, "inline") or "inline"
+    if value not in ROUTES:
+        raise ValueError(f"{ROUTE_ENV}={value!r} is not a route; use one of {', '.join(ROUTES)}")
+    return value
+
+
+@contextmanager
+def generation_slot() -> Iterator[None]:
+    """Hold one slot of the configured global concurrency limit (strict: a missing limit is an error)."""
+    name = os.environ.get(LIMIT_ENV)
+    if not name:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    timeout = float(os.environ.get(LIMIT_TIMEOUT_ENV, "3600"))
+    with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout):
+        yield
+
+
+def call(task, *args: Any) -> Any:
+    """Run a model task on the resident task worker, or inline, by ``route()``."""
+    if route() == "task-worker":
+        timeout = float(os.environ.get(RESULT_TIMEOUT_ENV, "7200"))
+        return task.delay(*args).result(timeout=timeout)
+    return task(*args)
+
+
+def model_tasks() -> list:
+    from flows import pipeline
+
+    return [pipeline.generate_images, pipeline.rank_images, pipeline.describe_model]
+
+
+def serve_worker(limit: int = 1, warm: Any = None) -> None:
+    """Serve the model tasks until interrupted. ``limit``: tasks this worker runs at once (one per GPU).
+
+    ``warm``: ``ModelSettings`` to load before the first task arrives (None loads on first use).
+    """
+    from prefect.task_worker import serve
+
+    if warm is not None:
+        from flows.model import get_generator
+
+        log.info("loading the model before serving: %s", warm)
+        get_generator(warm)
+    serve(*model_tasks(), limit=limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.worker [--limit N] [--warm]``: what ``covercraft serve`` starts."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="covercraft worker", description=main.__doc__)
+    parser.add_argument("--limit", type=int, default=1, help="model tasks run at once (default 1)")
+    parser.add_argument("--config", help="settings file (model section) to load before serving")
+    parser.add_argument("--warm", action="store_true", help="load the model now, not on the first task")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warm = None
+    if args.warm:
+        from flows.settings import load_settings
+
+        warm = load_settings(args.config).model
+    serve_worker(args.limit, warm)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -141,11 +141,12 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
     out = [blog]
     feeds = cfg.feeds
     if feeds.urls:
-        schedule: dict[str, Any]
+        from prefect.schedules import Cron, Interval
+
         if feeds.cron:
-            schedule = {"cron": feeds.cron, "timezone": feeds.timezone}
+            schedule = Cron(feeds.cron, timezone=feeds.timezone)
         elif feeds.interval_minutes:
-            schedule = {"interval": timedelta(minutes=feeds.interval_minutes)}
+            schedule = Interval(timedelta(minutes=feeds.interval_minutes), timezone=feeds.timezone)
         else:
             raise ConfigError("feeds.urls is set but neither feeds.cron nor feeds.interval_minutes; set one of them")
         parameters = dict(feeds.parameters)
@@ -162,7 +163,7 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
                 "parameters": parameters,
                 "max_new_runs": feeds.max_new_runs,
             },
-            **schedule,
+            schedule=schedule,
         ))
     return out
 

@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nlp.stopwords import BREAKERS, STOPWORDS, WEAK_NOUNS
+from nlp.stopwords import BREAKERS, META_WORDS, STOPWORDS, WEAK_NOUNS
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&+\-]*[A-Za-z0-9+]|[A-Za-z0-9]|[^\sA-Za-z0-9]")
 
@@ -39,6 +39,8 @@ def lemma(word: str) -> str:
     if len(w) > 4 and w.endswith("ies"):
         return w[:-3] + "y"
     if len(w) > 4 and w.endswith(("sses", "shes", "ches", "xes")):
+        return w[:-2]
+    if len(w) > 5 and w.endswith("oes"):  # tomatoes, potatoes, heroes
         return w[:-2]
     if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is", "ous", "ics")):
         return w[:-1]
@@ -67,7 +69,7 @@ def _is_breaker(tok: str) -> bool:
     low = tok.lower().replace("’", "'")
     if not tok[0].isalnum():
         return True
-    if low in STOPWORDS or low in BREAKERS:
+    if low in STOPWORDS or low in BREAKERS or low in META_WORDS:
         return True
     if low.isdigit() and not (len(low) == 4 and low[:2] in ("19", "20")):
         return True
@@ -83,13 +85,28 @@ class _Cand:
     surfaces: Counter = field(default_factory=Counter)
     count: int = 0
     first_pos: float = 1.0
+    # Surfaces seen where a capital means a name, not the start of a sentence or heading.
+    mid_surfaces: Counter = field(default_factory=Counter)
 
 
 def _candidates(text: str) -> dict[tuple[str, ...], _Cand]:
     """All 1–3-grams of non-breaking tokens in ``text`` with counts and first relative position."""
-    tokens = _TOKEN.findall(text)
+    return _scan(text)[0]
+
+
+def _scan(text: str, caseless_prefix: int = 0) -> tuple[dict[tuple[str, ...], _Cand], Counter]:
+    """Candidates of ``text`` and the counts of every non-breaking word (lemmas).
+
+    Capitals in the first ``caseless_prefix`` characters (a Title Case title) say nothing about
+    names."""
+    matches = list(_TOKEN.finditer(text))
+    tokens = [m.group(0) for m in matches]
+    # A token starts a sentence/heading when a newline or sentence punctuation precedes it.
+    initial = [i == 0 or m.start() < caseless_prefix or "\n" in text[matches[i - 1].end():m.start()]
+               or tokens[i - 1] in {".", "!", "?", ":", "…", "\"", "“"} for i, m in enumerate(matches)]
     n = max(len(tokens), 1)
     cands: dict[tuple[str, ...], _Cand] = {}
+    words: Counter = Counter()
     run: list[tuple[int, str]] = []
 
     def flush() -> None:
@@ -109,7 +126,10 @@ def _candidates(text: str) -> dict[tuple[str, ...], _Cand]:
                     continue
                 c = cands.setdefault(key, _Cand(key))
                 c.count += 1
-                c.surfaces[" ".join(w for _, w in words)] += 1
+                surface = " ".join(w for _, w in words)
+                c.surfaces[surface] += 1
+                if not initial[words[0][0]]:
+                    c.mid_surfaces[surface] += 1
                 c.first_pos = min(c.first_pos, words[0][0] / n)
         run.clear()
 
@@ -118,23 +138,26 @@ def _candidates(text: str) -> dict[tuple[str, ...], _Cand]:
             flush()
         else:
             run.append((i, tok))
+            words[lemma(tok)] += 1
     flush()
-    return cands
+    return cands, words
 
 
 def _display(c: _Cand) -> str:
-    """Most frequent surface form; lower-cased unless an acronym or capitalised every time
-    (a name — seen at least twice, since one capital may just start a sentence)."""
+    """Most frequent surface form, lower-cased except acronyms and words capitalised where a
+    capital is not just the start of a sentence or heading ("Porto", "Python loop")."""
     surface, _ = c.surfaces.most_common(1)[0]
-    forms = [s.split() for s in c.surfaces]
+    mids = [s.split() for s in c.mid_surfaces]
     out = []
     for i, w in enumerate(surface.split()):
         if len(w) > 1 and w.isupper():
             out.append(w)
-        elif c.count > 1 and all(f[i][:1].isupper() for f in forms):
+        elif w[:1].isupper() and mids and all(m[i][:1].isupper() for m in mids):
             out.append(w)
         else:
             out.append(w.lower())
+    # "homeowner's" → "homeowner": a topic names the thing, not its owner.
+    out[-1] = re.sub(r"['’]s$", "", out[-1])
     return " ".join(out)
 
 
@@ -157,14 +180,18 @@ def extract_keyphrases(chunks: list[tuple[str, str | None]], title: str = "",
     """Top ``top_n`` keyphrases for each ``(text, heading)`` chunk, scores normalised so the
     best phrase of the document scores 1.0.
 
-    Overlapping picks inside one chunk are avoided: a phrase whose words are a subset or superset
-    of an already chosen phrase is skipped, so a chunk yields "sourdough starter" and not also
-    "starter".
+    Overlapping picks inside one chunk are avoided: a phrase sharing a word with an already
+    chosen phrase is skipped, so a chunk yields "sourdough starter" and not also "starter" or
+    "stiff starter".
     """
-    per_chunk = [_candidates(text) for text, _ in chunks]
+    # The title is the author's own summary: it counts as text of the first chunk.
+    scans = [_scan(f"{title}.\n{text}", len(title) + 1) if i == 0 and title else _scan(text)
+             for i, (text, _) in enumerate(chunks)]
     doc_count: Counter = Counter()
+    doc_words: Counter = Counter()
     chunk_freq: Counter = Counter()
-    for cands in per_chunk:
+    for cands, words in scans:
+        doc_words.update(words)
         for key, c in cands.items():
             doc_count[key] += c.count
             chunk_freq[key] += 1
@@ -174,27 +201,35 @@ def extract_keyphrases(chunks: list[tuple[str, str | None]], title: str = "",
 
     results: list[list[Keyphrase]] = []
     scored_all: list[list[tuple[float, _Cand]]] = []
-    for (_text, heading), cands in zip(chunks, per_chunk, strict=True):
+    for (_text, heading), (cands, words) in zip(chunks, scans, strict=True):
         head_words = {lemma(t) for t in _TOKEN.findall(heading or "") if t[0].isalnum()} - STOPWORDS
         head_keys = set(_candidates(heading)) if heading else set()
+
+        def word_score(w: str, words: Counter = words, head_words: set = head_words) -> float:
+            score = (1.0 + math.log(max(words[w], 1))) * (1.0 + 0.5 * math.log(max(doc_words[w], 1)))
+            score *= specificity(w)
+            if w in title_words:
+                score *= 1.3
+            if w in head_words:
+                score *= 1.15
+            return score * (0.5 if w in WEAK_NOUNS else 1.0)
+
         scored: list[tuple[float, _Cand]] = []
         for key, c in cands.items():
-            freq = (1.0 + math.log(c.count)) * (1.0 + 0.5 * math.log(doc_count[key]))
-            spec = sum(specificity(w) for w in key) / len(key)
-            recurring = doc_count[key] > 1 or key in head_keys or key in title_keys
-            length = {1: 1.0, 2: 1.5, 3: 1.7}[len(key)] if recurring else {1: 1.0, 2: 0.9, 3: 0.6}[len(key)]
-            boost = 1.0
-            if key in title_keys:
-                boost *= 1.8
-            elif title_words and set(key) <= title_words:
-                boost *= 1.4
-            if key in head_keys:
-                boost *= 1.5
-            elif head_words and set(key) & head_words:
-                boost *= 1.15
-            position = 1.15 - 0.3 * c.first_pos
+            n = len(key)
+            # A multi-word phrase must recur or be named by the title/heading: one-off word
+            # pairs are mostly accidents of syntax ("hydration ferments").
+            if n > 1 and doc_count[key] < 2 and key not in title_keys and key not in head_keys:
+                continue
+            # RAKE-like: a phrase is worth the sum of its words, damped by its length.
+            score = sum(word_score(w) for w in key) / math.sqrt(n)
+            if n > 1 and key in title_keys:
+                score *= 1.5
+            if n > 1 and key in head_keys:
+                score *= 1.3
+            position = 1.1 - 0.2 * c.first_pos
             spread = 1.0 + 0.3 * (chunk_freq[key] - 1) / n_chunks
-            scored.append((freq * spec * length * boost * position * spread, c))
+            scored.append((score * position * spread, c))
         scored.sort(key=lambda sc: (-sc[0], sc[1].key))
         scored_all.append(scored)
 
@@ -209,8 +244,17 @@ def extract_keyphrases(chunks: list[tuple[str, str | None]], title: str = "",
                       and by_key[k][0] >= 0.6 * score]
             if supers:
                 score, c = max(supers, key=lambda sc: (sc[0], sc[1].key))
+            # ...but a three-word phrase whose two-word edge scores nearly as well is trimmed:
+            # "electric ferries" rather than "pilots electric ferries".
+            if len(c.key) == 3:
+                edges = [by_key[k] for k in (c.key[:2], c.key[1:]) if k in by_key
+                         and by_key[k][0] >= 0.75 * score]
+                if edges:
+                    score, c = max(edges, key=lambda sc: (sc[0], sc[1].key))
+            # Distinct topics only: a phrase sharing a word with a better one repeats it
+            # ("stiff starter" after "sourdough starter").
             ks = set(c.key)
-            if any(ks <= set(k.key) or ks >= set(k.key) for k in chosen):
+            if any(ks & set(k.key) for k in chosen):
                 continue
             chosen.append(Keyphrase(_display(c), c.key, round(score / best, 4)))
             if len(chosen) >= top_n:

@@ -169,11 +169,15 @@ def _fit(subject_parts: list[str], settings: PromptSettings, preset: StylePreset
             return ", ".join([" ".join(subject[0].split()[:room]), *style_parts])
 
 
-def _distinct(topics: Sequence[Topic | str], limit: int) -> list[str]:
-    """Topic phrases with no phrase whose words repeat an earlier one's."""
+def _distinct(topics: Sequence[Topic | str], limit: int, min_rel: float = 0.0) -> list[str]:
+    """Topic phrases with no phrase whose words repeat an earlier one's; topics scoring under
+    ``min_rel`` × the first one's score are left out (they dilute a short prompt)."""
     out: list[str] = []
     seen: list[set[str]] = []
+    top = next((t.score for t in topics if isinstance(t, Topic)), 0.0)
     for t in topics:
+        if isinstance(t, Topic) and out and t.score < min_rel * top:
+            continue
         phrase = t.phrase if isinstance(t, Topic) else str(t)
         key = set(phrase_key(phrase))
         if not key or any(key <= s for s in seen):
@@ -188,7 +192,7 @@ def _distinct(topics: Sequence[Topic | str], limit: int) -> list[str]:
 def template_prompt(topics: Sequence[Topic | str], title: str, settings: PromptSettings) -> ImagePrompt:
     """The prompt without an LLM: the top topics (most important first), style, context."""
     preset = STYLE_PRESETS[settings.style]
-    parts = _distinct(topics, settings.max_topics)
+    parts = _distinct(topics, settings.max_topics, min_rel=0.3)
     if not parts:
         parts = [title.strip() or "abstract concept"]
     text = _fit(parts, settings, preset)
@@ -401,7 +405,13 @@ def optimise_prompt(
             except Exception as err:  # endpoint trouble: keep optimising offline
                 logger.warning("LLM revision failed (%s); template variant used", type(err).__name__)
         if not text or text.lower() in tried:
-            text, source = _variant(prompt, topic_list, r, settings), "template"
+            # The next offline variant not tried yet; none left means nothing new to score.
+            source = "template"
+            variants = (_variant(prompt, topic_list, r + k, settings) for k in range(2 * len(topic_list) + 2))
+            text = next((v for v in variants if v.lower() not in tried), "")
+            if not text:
+                logger.info("no new prompt variant after round %d; stopping", r - 1)
+                break
         tried.add(text.lower())
         try:
             moderate(text, blocklist)

@@ -29,6 +29,8 @@ yourself yourselves s t d ll m ve re don doesn didn isn aren wasn weren hasn hav
 wouldn shouldn couldn can't won't don't doesn't didn't isn't aren't wasn't weren't i'm i've i'll
 i'd you're you've you'll we're we've we'll they're they've it's that's there's here's let's
 what's who's he's she's ain't o oh yes ok okay etc vs via eg ie
+two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred
+thousand million billion dozen half once twice
 """.split())
 
 BREAKERS = frozenset("""
@@ -53,10 +55,16 @@ well went whole within worth would write yet
 """.split())
 
 WEAK_NOUNS = frozenset("""
-answer approach area areas article back bit blog case cases change changes chapter conclusion day
-days deal end example examples fact focus guide home idea ideas introduction issue issues item
-items kind kinds level list lot lots matter minute minutes moment month months newsletter number
-numbers order part parts people person place plan point points post posts problem problems reason
-reasons section side sort step steps stuff summary term terms thing things time times tip tips
-tutorial type types value way ways week weeks word words work works year years
+answer approach area areas back bit case cases change changes day days deal end fact focus home
+idea ideas issue issues item items kind kinds level list lot lots matter minute minutes moment
+month months number numbers order part parts people person place plan point points problem
+problems reason reasons side sort step steps stuff term terms thing things time times tip tips
+type types value way ways week weeks word words work works year years
+""".split())
+
+# Words about the post itself, never its topic ("a homeowner's guide"): they break phrases.
+META_WORDS = frozenset("""
+article articles blog blogs chapter chapters conclusion episode example examples guide guides
+introduction newsletter overview post posts reader readers section sections series
+summary tip tips tutorial tutorials
 """.split())

@@ -143,14 +143,15 @@ CHUNKS = [
 
 
 def test_good_answers(llm_server):
-    llm_server.delay = 0.2  # long enough for requests to overlap
+    llm_server.delay = 0.4  # long enough for requests to overlap
     result = extract_topics(CHUNKS, llm_server.settings(concurrency=2))
     assert result.extractor == "llm:fake-model" and result.errors == []
     assert [t.phrase for t in result.topics if t.chunk_indices == [1]] == ["crackling", "preheated"]
     assert all(t.extractor == "llm:fake-model" for t in result.topics)
     assert result.usage == {"prompt_tokens": 300, "completion_tokens": 60, "total_tokens": 360, "requests": 3}
     assert llm_server.max_in_flight == 2  # concurrent, and bounded by concurrency
-    req = llm_server.requests[0]
+    # requests arrive in any order (concurrency): find the first chunk's
+    req = next(r for r in llm_server.requests if "Sourdough starters need" in r["messages"][1]["content"])
     fmt = req["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
     assert fmt["json_schema"]["schema"]["required"] == ["topics"]

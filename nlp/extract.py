@@ -61,6 +61,7 @@ _BLOCKS = set(_HEADINGS) | set(_LEAF_BLOCKS) | {
     "div", "section", "article", "main", "ul", "ol", "dl", "table", "tbody", "thead", "tr",
     "figure", "header", "footer", "details", "hr", "br", "body", "html", "center", "address",
 }
+_BLOCK_LIST = sorted(_BLOCKS - {"br"})
 _WS = re.compile(r"\s+")
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 _WORD_SPLIT = re.compile(r"[-_\s]+|(?<=[a-z])(?=[A-Z])")
@@ -231,6 +232,7 @@ def _inline_text(node: Tag | NavigableString) -> str:
 # Post metadata lines that sit inside the content root ("8 min read", "Posted on", "By Jane").
 _META_LINE = re.compile(
     r"\b\d+\s*(?:min|mins|minutes?)\s+read\b|^(?:posted|filed|published|updated|written)\b"
+    r"|^last (?:updated|modified)\b"
     r"|^by\s+\S+(?:\s+\S+)?\s*(?:[·|,–—-]|$)|\b\d+\s+comments?\b",
     re.I,
 )
@@ -275,7 +277,7 @@ class _Collector:
             name = child.name
             if name in _HEADINGS:
                 self.heading(_inline_text(child), int(name[1]))
-            elif name in _LEAF_BLOCKS and not child.find(list(_BLOCKS - {"br"})):
+            elif name in _LEAF_BLOCKS and not child.find(_BLOCK_LIST):
                 text = clean_text(_inline_text(child))
                 links = sum(len(clean_text(a.get_text(" "))) for a in child.find_all("a"))
                 # A short paragraph made of links ("Jump to recipe · Print") is navigation.
@@ -289,6 +291,10 @@ class _Collector:
                 self.flush()
                 self.walk(child)
                 self.flush()
+            elif child.find(_BLOCK_LIST):
+                # An inline wrapper around blocks (<font> around a whole old-style page): walk
+                # through it; its own text joins the running paragraph.
+                self.walk(child)
             else:
                 # Inline element (a, em, strong, span, …): part of the running paragraph.
                 self._inline.append(_inline_text(child))
@@ -307,7 +313,7 @@ def _meta_title(soup: BeautifulSoup) -> str:
     return ""
 
 
-_TITLE_SUFFIX = re.compile(r"\s+[|–—·»:-]\s+[^|–—·»]{1,40}$")
+_TITLE_SUFFIX = re.compile(r"\s+[|–—·»:~/-]{1,3}\s+[^|–—·»:~/]{1,40}$")
 
 
 def extract_html(html: str, source: str = "") -> Article:
@@ -321,6 +327,7 @@ def extract_html(html: str, source: str = "") -> Article:
     meta_title = _meta_title(soup)
     title_tag = soup.find("title")
     doc_title = clean_text(title_tag.get_text()) if isinstance(title_tag, Tag) else ""
+    standfirst = _standfirst(soup, {meta_title, _TITLE_SUFFIX.sub("", doc_title)})
     _strip(soup)
     root = _content_root(soup)
     # An <h1> outside the post is usually the site's name: then <title> names the post better.
@@ -333,12 +340,41 @@ def extract_html(html: str, source: str = "") -> Article:
     collector = _Collector()
     collector.walk(root)
     sections = _drop_title(collector.result(), {title, h1_text})
+    # A subtitle that sat beside the title, outside the content root, leads the text.
+    if standfirst and sections and not any(standfirst in p for s in sections for p in s.paragraphs):
+        if sections[0].heading is None:
+            sections[0].paragraphs.insert(0, standfirst)
+        else:
+            sections.insert(0, Section(heading=None, level=0, paragraphs=[standfirst]))
     if not any(s.paragraphs for s in sections):
         raise EmptyArticleError(
             f"no article text found in {source or 'the page'}: it may need JavaScript to render; "
             "save the rendered page as HTML or pass the post as a Markdown/text file"
         )
     return Article(source=source, title=title, sections=sections)
+
+
+_STANDFIRST_WORDS = {"subtitle", "standfirst", "dek", "deck", "excerpt", "lede", "strapline",
+                     "subheading", "subhead", "summary", "intro"}
+
+
+def _standfirst(soup: BeautifulSoup, titles: set[str]) -> str:
+    """The subtitle printed right after the post's ``<h1>`` (Substack's ``h3.subtitle``, a
+    news standfirst), found before boilerplate removal can take the title's header with it."""
+    titles = {clean_text(t).casefold() for t in titles if t}
+    for h1 in soup.find_all("h1"):
+        if clean_text(_inline_text(h1)).casefold() not in titles:
+            continue
+        for sib in h1.find_next_siblings(limit=2):
+            if not isinstance(sib, Tag) or sib.name not in ("h2", "h3", "h4", "p", "div"):
+                continue
+            text = clean_text(_inline_text(sib))
+            marked = bool(_attr_words(sib) & _STANDFIRST_WORDS)
+            if 20 <= len(text) <= 300 and (marked or sib.name in ("h2", "h3")) \
+                    and not sib.find(["a", "time"]):
+                return text
+        return ""
+    return ""
 
 
 def _drop_title(sections: list[Section], titles: set[str]) -> list[Section]:

@@ -74,6 +74,22 @@ EXPECT = {
         ["orders.iterrows():", "np.where(", "On this page", "Disqus", "20,000 data people",
          "cookie policy", "MIT licensed"],
     ),
+    "newsletter-substack.html": (
+        "Pricing is a product decision",
+        ["Charge for the value metric", "Three tiers, one obvious choice"],
+        ["Why the page with the numbers deserves as much design", "pushes teams to share one login",
+         "procurement-heavy enterprise sales"],
+        ["Thanks for reading", "Sign in", "Discussion about this post", "doubled our conversion",
+         "Recommendations from", "Collection notice", "♡"],
+    ),
+    "travel-table-layout-iso8859-15.html": (
+        "Cycling the Danube from Passau to Vienna",
+        [],
+        ["Schlögener Schlinge", "costs about 3 € a glass", "Practical tips",
+         "Seven days, 330 kilometres"],
+        ["Guestbook", "visitors since", "Last updated", "Touring by bicycle", "Best viewed",
+         "Baltic coast"],
+    ),
     "launch-checklist.md": (
         "Our product launch checklist, refined over twelve launches",
         ["Four weeks before", "Launch day", "The week after"],
@@ -145,6 +161,19 @@ def test_hidden_and_inline_code():
             "</main></body></html>")
     art = extract_html(html)
     assert "pip install covercraft" in art.text and "hidden" not in art.text.lower()
+
+
+def test_inline_wrappers_around_blocks_keep_paragraphs():
+    html = ("<html><body><table><tr><td><font face='Verdana'><h2>Old page</h2>First paragraph "
+            "with enough words to be the article text of this old page.<p>Second paragraph, also "
+            "long enough to be article text on its own line.<p>Third one, the last paragraph of "
+            "the old page.</font></td></tr></table></body></html>")
+    art = extract_html(html)
+    assert art.sections[0].paragraphs == [
+        "First paragraph with enough words to be the article text of this old page.",
+        "Second paragraph, also long enough to be article text on its own line.",
+        "Third one, the last paragraph of the old page.",
+    ]
 
 
 def test_empty_html_raises_clear_error():

@@ -1,0 +1,234 @@
+"""Generator on a small random model saved to disk in the real formats (no downloads)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dalle_core import Candidate, Generator, ModelInfo, SamplingSettings
+from dalle_core.checkpoints import CheckpointError
+from dalle_core.checkpoints.bart import save_dalle_bart
+from dalle_core.config import BartConfig, VQGANConfig
+from dalle_core.models.bart import DalleBart, init_kv_cache, init_params
+from dalle_core.sampling import LogitSettings, sample, super_condition
+from dalle_core.text import build_fallback_tokenizer
+
+BART = BartConfig(
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=2,
+    attention_heads=4,
+    glu_dim=48,
+    text_vocab_size=400,
+    image_vocab_size=64,
+    max_text_length=16,
+    image_length=16,
+)
+# 32 px, f8 → 4×4 = 16 tokens
+VQ = VQGANConfig(
+    ch=8,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(),
+    resolution=32,
+    z_channels=8,
+    embed_dim=8,
+    n_embed=64,
+    num_groups=4,
+)
+
+
+def _fill(shapes, seed):
+    """Random params for a shape tree (normal kernels, unit scales): quick, no compile."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return jnp.ones(x.shape, x.dtype)
+        if "bias" in name:
+            return jnp.zeros(x.shape, x.dtype)
+        return jnp.asarray(rng.standard_normal(x.shape, np.float32) * 0.2)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from dalle_core.checkpoints.vqgan import save_vqgan
+    from dalle_core.models.vqgan import vqgan_param_shapes
+
+    root = tmp_path_factory.mktemp("model")
+    # larger init than the default so that prompts visibly change the logits of a tiny model
+    params = init_params(BART, jax.random.PRNGKey(0))
+    params = jax.tree_util.tree_map(lambda x: x * 10 if x.ndim >= 2 else x, params)
+    save_dalle_bart(
+        root / "dalle",
+        BART,
+        params,
+        tokenizer=build_fallback_tokenizer(400, max_length=BART.max_text_length),
+    )
+    save_vqgan(root / "vqgan", VQ, _fill(vqgan_param_shapes(VQ), 1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def gen(folder):
+    return Generator.from_folder(folder, name="test-model")
+
+
+PROMPTS = ["a red fox in the snow", "a blue robot"]
+PLAIN = SamplingSettings(condition_scale=1.0, top_k=None)
+GUIDED = SamplingSettings(condition_scale=3.0, top_k=None)
+
+
+def test_info_and_variant(gen, folder):
+    assert gen.info == ModelInfo(
+        name="test-model",
+        variant="custom",
+        checkpoint=str(folder / "dalle"),
+        random_init=False,
+        dtype="float32",
+    )
+    assert gen.variant.bart == BART and gen.variant.vqgan == VQ
+    assert gen.score(PROMPTS, np.zeros((2, 1, 32, 32, 3), np.uint8)) is None  # no clip/ folder
+
+
+def test_same_seed_same_tokens(gen):
+    a = gen.sample_tokens(PROMPTS, n=2, seed=7, settings=GUIDED)
+    assert a.shape == (2, 2, 4, 4) and a.dtype == np.int32
+    assert a.min() >= 0 and a.max() < VQ.n_embed
+    np.testing.assert_array_equal(a, gen.sample_tokens(PROMPTS, n=2, seed=7, settings=GUIDED))
+    assert not np.array_equal(a, gen.sample_tokens(PROMPTS, n=2, seed=8, settings=GUIDED))
+    # progress chunks run the same steps, so they change nothing
+    calls = []
+    b = gen.sample_tokens(
+        PROMPTS, n=2, seed=7, settings=GUIDED, progress=lambda d, t: calls.append((d, t))
+    )
+    np.testing.assert_array_equal(a, b)
+    assert calls[-1] == (16, 16) and len(calls) == 16
+
+
+def _reference(folder, prompts, n, seed, scale, negative=None):
+    """Sampling written directly against the module: whole-batch steps, cross K/V recomputed."""
+    from dalle_core.checkpoints.bart import load_dalle_bart, load_dalle_bart_tokenizer
+
+    cfg, params = load_dalle_bart(folder / "dalle")
+    tok = load_dalle_bart_tokenizer(folder / "dalle")
+    model = DalleBart(cfg)
+    cond = tok(prompts)
+    ids, mask = (np.repeat(cond[k], n, axis=0) for k in ("input_ids", "attention_mask"))
+    guided = scale != 1.0
+    if guided:
+        un = tok([negative]) if negative else tok([""], normalize=False)
+        ids = np.concatenate([ids, np.repeat(un["input_ids"], len(ids), 0)])
+        mask = np.concatenate([mask, np.repeat(un["attention_mask"], len(mask), 0)])
+    enc = model.apply({"params": params}, ids, mask, method=DalleBart.encode)
+    b = len(prompts) * n
+
+    def step(token, index, cache):
+        fed = jnp.concatenate([token, token]) if guided else token
+        cross = model.apply({"params": params}, enc, method=DalleBart.cross_kv)
+        logits, cache = model.apply(
+            {"params": params},
+            fed[:, None],
+            index,
+            cache,
+            cross,
+            mask,
+            method=DalleBart.decode_step,
+        )
+        logits = logits[:, 0]
+        return (super_condition(logits[:b], logits[b:], scale) if guided else logits), cache
+
+    out = sample(
+        step,
+        init_kv_cache(cfg, len(ids)),
+        jax.random.PRNGKey(seed),
+        batch=b,
+        length=cfg.image_length,
+        bos_id=cfg.image_bos_id,
+        settings=LogitSettings.create(num_valid=VQ.n_embed),
+    )
+    return np.asarray(out).reshape(len(prompts), n, 4, 4)
+
+
+def test_scale_one_is_plain_conditional_sampling(gen, folder):
+    got = gen.sample_tokens(PROMPTS, n=2, seed=3, settings=PLAIN)
+    np.testing.assert_array_equal(got, _reference(folder, PROMPTS, 2, 3, 1.0))
+
+
+def test_super_conditioning_and_negative_prompt(gen, folder):
+    got = gen.sample_tokens(PROMPTS, n=2, seed=3, settings=GUIDED, negative_prompt="blurry, dark")
+    np.testing.assert_array_equal(got, _reference(folder, PROMPTS, 2, 3, 3.0, "blurry, dark"))
+    plain_uncond = gen.sample_tokens(PROMPTS, n=2, seed=3, settings=GUIDED)
+    assert not np.array_equal(got, plain_uncond)
+
+
+def test_greedy_tokens_match_teacher_forced_argmax(gen, folder):
+    from dalle_core.checkpoints.bart import load_dalle_bart
+
+    tokens = gen.sample_tokens(
+        PROMPTS, n=2, seed=0, settings=SamplingSettings(condition_scale=1.0, top_k=1)
+    )
+    assert (tokens[:, 0] == tokens[:, 1]).all()  # greedy: the seed does not matter
+    flat = tokens[:, 0].reshape(2, -1)
+    cfg, params = load_dalle_bart(folder / "dalle")
+    text = gen.tokenizer(PROMPTS)
+    dec_in = np.concatenate([np.full((2, 1), cfg.image_bos_id), flat[:, :-1]], axis=1).astype(
+        np.int32
+    )
+    logits = DalleBart(cfg).apply(
+        {"params": params}, text["input_ids"], text["attention_mask"], dec_in
+    )
+    np.testing.assert_array_equal(flat, np.argmax(np.asarray(logits)[..., : VQ.n_embed], -1))
+
+
+def test_forced_tokens_are_kept(gen):
+    rng = np.random.default_rng(0)
+    forced = rng.integers(0, VQ.n_embed, (2, 4, 4)).astype(np.int32)
+    keep = np.zeros((2, 4, 4), bool)
+    keep[0, :2] = True  # top half of the first prompt's images (outpainting-style)
+    keep[1] = True  # everything for the second prompt
+    out = gen.sample_tokens(
+        PROMPTS, n=2, seed=1, settings=GUIDED, forced_tokens=forced, forced_mask=keep
+    )
+    for j in range(2):
+        np.testing.assert_array_equal(out[0, j][keep[0]], forced[0][keep[0]])
+        np.testing.assert_array_equal(out[1, j], forced[1])
+    with pytest.raises(ValueError, match="forced_tokens has shape"):
+        gen.sample_tokens(
+            PROMPTS, n=1, seed=1, forced_tokens=np.zeros((2, 5)), forced_mask=np.zeros((2, 5))
+        )
+    with pytest.raises(ValueError, match="VQGAN codes"):
+        gen.sample_tokens(PROMPTS, n=1, seed=1, forced_tokens=forced + 100, forced_mask=keep)
+
+
+def test_decode_encode_and_generate(gen):
+    tokens = gen.sample_tokens(PROMPTS, n=2, seed=0, settings=GUIDED)
+    images = gen.decode(tokens)
+    assert images.shape == (2, 2, 32, 32, 3) and images.dtype == np.uint8
+    codes = gen.encode(images.reshape(4, 32, 32, 3))
+    assert codes.shape == (4, 4, 4) and codes.dtype == np.int32
+    # non-square uploads at another size are cropped and resized first
+    assert gen.encode(np.zeros((4, 48, 40, 3), np.uint8)).shape == (4, 4, 4)
+    with pytest.raises(ValueError, match="tokens must end in"):
+        gen.decode(np.zeros((2, 5, 5), np.int32))
+    result = gen.generate(PROMPTS, n=2, seed=0, settings=GUIDED)
+    assert [len(r) for r in result] == [2, 2]
+    c = result[1][0]
+    assert isinstance(c, Candidate) and c.image.shape == (32, 32, 3) and c.prompt_index == 1
+    assert c.score is None  # no CLIP: sampling order
+    np.testing.assert_array_equal(np.stack([x.tokens for x in result[1]]), tokens[1])
+    np.testing.assert_array_equal(np.stack([x.image for x in result[1]]), images[1])
+
+
+def test_bad_inputs(gen, tmp_path):
+    with pytest.raises(TypeError, match="list of strings"):
+        gen.sample_tokens("a fox", n=1, seed=0)
+    with pytest.raises(ValueError, match="n must be"):
+        gen.sample_tokens(PROMPTS, n=0, seed=0)
+    with pytest.raises(CheckpointError, match="missing subfolder"):
+        Generator.from_folder(tmp_path)

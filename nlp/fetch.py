@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
@@ -60,7 +61,9 @@ _MAGIC = {
 class FetchSettings(BaseModel):
     """How posts are fetched.
 
-    timeout_connect/timeout_read: seconds; max_bytes: cap on the (decompressed) body;
+    timeout_connect/timeout_read: seconds per connect / per read; timeout_total: seconds for the
+    whole fetch, redirects included (a server trickling bytes cannot hold a run); max_bytes: cap
+    on the (decompressed) body;
     max_redirects: hops followed; allow_private: let URLs reach loopback/private addresses (local
     use only); allowed_networks: CIDRs allowed even though they are private (e.g. an intranet
     blog, ``["10.1.2.0/24"]``); user_agent: sent with every request.
@@ -70,6 +73,7 @@ class FetchSettings(BaseModel):
 
     timeout_connect: float = Field(5.0, gt=0)
     timeout_read: float = Field(20.0, gt=0)
+    timeout_total: float = Field(60.0, gt=0)
     max_bytes: int = Field(5_000_000, gt=0)
     max_redirects: int = Field(5, ge=0)
     allow_private: bool = False
@@ -314,6 +318,7 @@ def _fetch_url(url: str, settings: FetchSettings) -> Article:
         "Accept": "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8,*/*;q=0.1",
     }
     current = url
+    deadline = time.monotonic() + settings.timeout_total
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, headers=headers) as client:
         for _hop in range(settings.max_redirects + 1):
             try:
@@ -357,6 +362,11 @@ def _fetch_url(url: str, settings: FetchSettings) -> Article:
                     body = bytearray()
                     for part in resp.iter_bytes():
                         body += part
+                        if time.monotonic() > deadline:
+                            raise FetchError(
+                                f"{current} took longer than {settings.timeout_total:g} s in total: "
+                                "try again or raise fetch.timeout_total", transient=True,
+                            )
                         if len(body) > settings.max_bytes:
                             raise FetchError(
                                 f"{current} is larger than the {settings.max_bytes}-byte limit; "

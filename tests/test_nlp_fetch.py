@@ -87,6 +87,21 @@ def _endless(h):
         pass
 
 
+def _trickle(h):
+    """Sends a byte every 0.1 s: each read is quick, the whole body is not."""
+    h.send_response(200)
+    h.send_header("Content-Type", "text/html")
+    h.send_header("Connection", "close")
+    h.end_headers()
+    try:
+        for _ in range(100):
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            time.sleep(0.1)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def _slow(h):
     time.sleep(1.5)
     _send(body=POST.encode())(h)
@@ -139,6 +154,7 @@ def server():
         "/to-ftp": _send(302, headers={"Location": "ftp://example.com/x"}, body=b""),
         "/busy": _send(503, body=b"busy"),
         "/slow": _slow,
+        "/trickle": _trickle,
     })
     yield srv
     srv.close()
@@ -227,6 +243,14 @@ def test_read_timeout(server):
     with pytest.raises(FetchError, match="timed out") as err:
         fetch_article(server.base + "/slow", fast)
     assert err.value.transient
+
+
+def test_total_timeout(server):
+    settings = LOCAL.model_copy(update={"timeout_read": 1.0, "timeout_total": 0.6})
+    t0 = time.perf_counter()
+    with pytest.raises(FetchError, match="longer than 0.6 s in total") as err:
+        fetch_article(server.base + "/trickle", settings)
+    assert err.value.transient and time.perf_counter() - t0 < 3
 
 
 def test_connection_refused_is_transient():

@@ -213,6 +213,8 @@ def _platform_names() -> tuple[str, ...]:
     except FileNotFoundError:
         return tuple(nlp_prompt.PLATFORM_CONTEXT)
     data = data or {}
+    if isinstance(data, dict) and isinstance(data.get("presets"), dict):
+        data = data["presets"]  # dalle_core.cover's layout: defaults / outpaint / presets
     table = data.get("platforms", data) if isinstance(data, dict) else {}
     return tuple(table) or tuple(nlp_prompt.PLATFORM_CONTEXT)
 

@@ -180,22 +180,57 @@ def chunk_article(article: Article, max_tokens: int = 400, overlap: int = 50) ->
             expanded.append(u)
     units = expanded
 
+    # Token counts of concatenated text are close to the sum of the parts' counts (plus about
+    # one per separator) but not bounded by it, so the sum only skips ahead cheaply; every chunk
+    # is then grown and checked with exact counts of its real slice.
+    unit_tokens = [count_tokens(text[u.start:u.end]) for u in units]
+    prefix = [0]
+    for t in unit_tokens:
+        prefix.append(prefix[-1] + t)
+    slack = 8
+
+    def exact(a: int, b: int) -> int:
+        return count_tokens(text[units[a].start:units[b].end])
+
+    def may_join(first: int, j: int, fits) -> bool:
+        """Whether unit j+1 may join a chunk starting at ``first`` (fits(a, b) tests the span)."""
+        nxt = units[j + 1]
+        if not fits(first, j + 1):
+            return False
+        if nxt.is_heading and nxt.section != units[j].section:
+            # A new section joins only if all of it fits too; otherwise it starts a chunk.
+            k = j + 1
+            while k + 1 < n and units[k + 1].section == nxt.section:
+                k += 1
+            return fits(first, k)
+        return True
+
+    def estimated_fit(a: int, b: int) -> bool:
+        return prefix[b + 1] - prefix[a] + (b - a) <= max_tokens - slack
+
+    def exact_fit(a: int, b: int) -> bool:
+        return exact(a, b) <= max_tokens
+
+    def splits_section(first: int, j: int) -> bool:
+        """Unit j's section started inside the chunk (after ``first``) and goes on after j."""
+        if j + 1 >= n or units[j + 1].section != units[j].section:
+            return False
+        sec = units[j].section
+        return any(units[k].is_heading and units[k].section == sec for k in range(first + 1, j + 1))
+
     spans: list[tuple[int, int, str | None]] = []  # (first unit, last unit + 1, heading)
     i = 0
     n = len(units)
     while i < n:
         first = i
         j = i
-        # Extend while the slice from the first unit to unit j fits.
-        while j + 1 < n and count_tokens(text[units[first].start:units[j + 1].end]) <= max_tokens:
-            nxt = units[j + 1]
-            if nxt.is_heading and nxt.section != units[j].section:
-                # A new section joins only if all of it fits too; otherwise it starts a chunk.
-                k = j + 1
-                while k + 1 < n and units[k + 1].section == nxt.section:
-                    k += 1
-                if count_tokens(text[units[first].start:units[k].end]) > max_tokens:
-                    break
+        while j + 1 < n and may_join(first, j, estimated_fit):
+            j += 1
+        # The estimate was optimistic: back off until the slice fits and ends no packed section
+        # half-way.
+        while j > first and (not exact_fit(first, j) or splits_section(first, j)):
+            j -= 1
+        while j + 1 < n and may_join(first, j, exact_fit):
             j += 1
         spans.append((first, j + 1, units[first].heading))
         if j + 1 >= n:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from dalle_core.checkpoints.bart import load_dalle_bart, load_dalle_bart_tokeniz
 from dalle_core.config import (
     VARIANTS,
     BartConfig,
-    CLIPConfig,
     ModelVariant,
     get_variant,
 )
@@ -83,39 +81,6 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class _Clip:
-    """CLIP params, config, tokenizer and jitted scoring functions (vision helper's ``rank``)."""
-
-    def __init__(self, cfg: CLIPConfig, params: dict, tokenizer):
-        from dalle_core import rank
-
-        self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
-        self._scores = jax.jit(partial(rank.clip_scores, cfg=cfg))
-        self._embed = jax.jit(partial(rank.clip_text_embeddings, cfg=cfg))
-
-    def _tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        out = self.tokenizer(list(texts))
-        return np.asarray(out["input_ids"], np.int32), np.asarray(out["attention_mask"], np.int32)
-
-    def scores(self, prompts: Sequence[str], images: np.ndarray) -> np.ndarray:
-        p, n = images.shape[:2]
-        ids, mask = self._tokens(prompts)
-        flat = images.reshape((p * n,) + images.shape[2:])
-        text_index = np.repeat(np.arange(p, dtype=np.int32), n)
-        scores = self._scores(
-            self.params,
-            input_ids=ids,
-            attention_mask=mask,
-            images_uint8=flat,
-            text_index=text_index,
-        )
-        return np.asarray(scores, np.float32).reshape(p, n)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        ids, mask = self._tokens(texts)
-        return np.asarray(self._embed(self.params, input_ids=ids, attention_mask=mask), np.float32)
-
-
 class Generator:
     """Text → image tokens → pixels, ranked by CLIP when a CLIP model is loaded.
 
@@ -130,10 +95,13 @@ class Generator:
         vqgan_params: dict,
         tokenizer: TextTokenizer,
         info: ModelInfo,
-        clip: _Clip | None = None,
+        clip=None,
         jit: bool = True,
     ):
-        """Prefer the constructors. ``jit=False`` runs everything eagerly (debugging only: slow)."""
+        """Prefer the constructors. ``clip`` is a ``dalle_core.rank.Ranker`` (or None).
+
+        ``jit=False`` runs everything eagerly (debugging only: slow).
+        """
         from dalle_core.models.vqgan import VQModel
 
         self.variant = variant
@@ -238,14 +206,10 @@ class Generator:
         return cls(variant, bart_params, vq_params, tokenizer, info, clip=clip_obj)
 
     @staticmethod
-    def _load_clip(source) -> _Clip:
-        from dalle_core.checkpoints import resolve_source
-        from dalle_core.checkpoints.clip import load_clip
-        from dalle_core.rank import load_clip_tokenizer
+    def _load_clip(source):
+        from dalle_core.rank import Ranker
 
-        cfg, params = load_clip(source)
-        folder = resolve_source(source)
-        return _Clip(cfg, params, load_clip_tokenizer(folder))
+        return Ranker.from_pretrained(source)
 
     @classmethod
     def random(cls, variant: str = "tiny", seed: int = 0, dtype: str | None = None) -> Generator:
@@ -501,13 +465,18 @@ class Generator:
             raise ValueError(
                 f"images must be [P={len(prompts)}, n, H, W, 3], got shape {images.shape}"
             )
-        return self._clip.scores(prompts, images)
+        p, n = images.shape[:2]
+        flat = images.reshape((p * n,) + images.shape[2:]).astype(np.uint8)
+        text_index = np.repeat(np.arange(p, dtype=np.int32), n)
+        return np.asarray(self._clip.scores(flat, list(prompts), text_index), np.float32).reshape(
+            p, n
+        )
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray | None:
         """L2-normalised CLIP text embeddings float32 [N, D]; None when no CLIP model is loaded."""
         if self._clip is None:
             return None
-        return self._clip.embed(texts)
+        return np.asarray(self._clip.text_embeddings(list(texts)), np.float32)
 
     @property
     def has_clip(self) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import string
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from dalle_core import Candidate, Generator, ModelInfo, SamplingSettings
 from dalle_core.checkpoints import CheckpointError
 from dalle_core.checkpoints.bart import save_dalle_bart
-from dalle_core.config import BartConfig, VQGANConfig
+from dalle_core.config import BartConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, VQGANConfig
 from dalle_core.models.bart import DalleBart, init_kv_cache, init_params
 from dalle_core.sampling import LogitSettings, sample, super_condition
 from dalle_core.text import build_fallback_tokenizer
@@ -55,6 +58,44 @@ def _fill(shapes, seed):
     return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
+def _save_clip(folder):
+    """A random tiny CLIP with a letter-level CLIP BPE vocabulary (vocab.json + merges.txt)."""
+    from dalle_core.checkpoints.clip import save_clip
+    from dalle_core.models.clip import clip_param_shapes
+
+    vocab = {
+        c + s: i
+        for i, (s, c) in enumerate((s, c) for s in ("", "</w>") for c in string.ascii_lowercase)
+    }
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    cfg = CLIPConfig(
+        text=CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            eos_token_id=2,
+        ),
+        vision=CLIPVisionConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=8,
+    )
+    params = _fill(clip_param_shapes(cfg), 2)
+    params["logit_scale"] = jnp.asarray(cfg.logit_scale_init, jnp.float32)
+    save_clip(folder, cfg, params)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     from dalle_core.checkpoints.vqgan import save_vqgan
@@ -71,6 +112,7 @@ def folder(tmp_path_factory):
         tokenizer=build_fallback_tokenizer(400, max_length=BART.max_text_length),
     )
     save_vqgan(root / "vqgan", VQ, _fill(vqgan_param_shapes(VQ), 1))
+    _save_clip(root / "clip")
     return root
 
 
@@ -92,8 +134,13 @@ def test_info_and_variant(gen, folder):
         random_init=False,
         dtype="float32",
     )
-    assert gen.variant.bart == BART and gen.variant.vqgan == VQ
-    assert gen.score(PROMPTS, np.zeros((2, 1, 32, 32, 3), np.uint8)) is None  # no clip/ folder
+    assert gen.variant.bart == BART and gen.variant.vqgan == VQ and gen.has_clip
+    emb = gen.embed_text(["red", "a blue robot", "fox"])
+    assert emb.shape == (3, 8) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)
+    no_clip = Generator.from_pretrained(folder / "dalle", folder / "vqgan")
+    assert no_clip.score(PROMPTS, np.zeros((2, 1, 32, 32, 3), np.uint8)) is None
+    assert no_clip.embed_text(["red"]) is None and no_clip.info.name == str(folder / "dalle")
 
 
 def test_same_seed_same_tokens(gen):
@@ -220,9 +267,16 @@ def test_decode_encode_and_generate(gen):
     assert [len(r) for r in result] == [2, 2]
     c = result[1][0]
     assert isinstance(c, Candidate) and c.image.shape == (32, 32, 3) and c.prompt_index == 1
-    assert c.score is None  # no CLIP: sampling order
-    np.testing.assert_array_equal(np.stack([x.tokens for x in result[1]]), tokens[1])
-    np.testing.assert_array_equal(np.stack([x.image for x in result[1]]), images[1])
+    # ranked best first by CLIP; the candidates are the sampled ones, reordered
+    scores = gen.score(PROMPTS, images)
+    assert scores.shape == (2, 2) and scores.dtype == np.float32
+    for i in range(2):
+        got = [x.score for x in result[i]]
+        assert got == sorted(got, reverse=True)
+        np.testing.assert_allclose(sorted(got), np.sort(scores[i]), rtol=1e-5)
+        order = [x.sample_index for x in result[i]]
+        np.testing.assert_array_equal(np.stack([x.tokens for x in result[i]]), tokens[i][order])
+        np.testing.assert_array_equal(np.stack([x.image for x in result[i]]), images[i][order])
 
 
 def test_bad_inputs(gen, tmp_path):

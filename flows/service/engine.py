@@ -80,18 +80,27 @@ def _bucket(rows: int) -> int:
 class ImageEngine:
     """Holds the generator; runs batches on the queue's worker thread."""
 
-    def __init__(self, generator: Any):
+    def __init__(self, generator: Any, pad_to: int | None = None):
+        """pad_to: pad every batch to this many rows (one compiled shape); None pads to powers of two."""
         self.generator = generator
+        self.pad_to = pad_to
         self.grid = int(generator.variant.bart.grid_size)
         self.resolution = int(generator.variant.vqgan.resolution)
         self.padded_rows = 0  # rows sampled including padding (diagnostics)
 
     def warm_up(self) -> None:
-        """Compile the one-row sampling and decoding shapes before the first request."""
+        """Compile the sampling, forced sampling, encoding and decoding shapes before serving."""
         from dalle_core.types import SamplingSettings
 
-        tokens = self.generator.sample_tokens([""], n=1, seed=0, settings=SamplingSettings())
-        self.generator.decode(np.asarray(tokens)[:, 0])
+        rows = self.pad_to or 1
+        settings = SamplingSettings()
+        tokens = np.asarray(self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings))[:, 0]
+        self.generator.decode(tokens)
+        # The forced-token path (variations, edits) is its own compiled program.
+        codes = np.asarray(self.generator.encode(np.zeros((1, self.resolution, self.resolution, 3), np.uint8)))
+        keep = np.zeros((rows, self.grid, self.grid), dtype=bool)
+        self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings,
+                                     forced_tokens=np.repeat(codes, rows, axis=0), forced_mask=keep)
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         first = jobs[0].payload
@@ -104,13 +113,37 @@ class ImageEngine:
         head = works[0]
         prompts = [p for w in works for p in w.prompts]
         rows = len(prompts)
-        padded = _bucket(rows)
-        # Padding rows repeat the last prompt and are dropped after sampling.
-        prompts += [prompts[-1]] * (padded - rows)
         seed = head.seed if head.seed is not None else random.SystemRandom().randrange(2**31)
+        forced = self._forced(works) if head.source is not None else None
+        # With a fixed batch size, larger requests run as several calls of that size; each call
+        # gets its own seed (seed + call index) so repeated prompts do not repeat their noise.
+        step = self.pad_to or rows
+        parts = []
+        for k, lo in enumerate(range(0, rows, step)):
+            hi = min(lo + step, rows)
+            part_forced = None if forced is None else (forced[0][lo:hi], forced[1][lo:hi])
+            parts.append(self._sample_rows(prompts[lo:hi], seed + k, head, part_forced))
+        tokens = np.concatenate(parts)  # [rows, g, g]
+        images = np.asarray(self.generator.decode(self._pad(tokens)))[:rows]
+        log.info("sampled %d rows for %d requests (seed %d)", rows, len(works), seed)
+        out, start = [], 0
+        for w in works:
+            stop = start + w.rows
+            out.append(SampleResult(tokens[start:stop], images[start:stop], seed, rows))
+            start = stop
+        return out
+
+    def _sample_rows(self, prompts: list[str], seed: int, head: SampleWork,
+                     forced: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """One sampling call, padded to the engine's shape; → int32 [len(prompts), g, g]."""
+        rows = len(prompts)
+        padded = max(rows, self.pad_to) if self.pad_to else _bucket(rows)
+        extra = padded - rows
+        # Padding rows repeat the last row and are dropped after sampling.
+        prompts = prompts + [prompts[-1]] * extra
         forced_tokens = forced_mask = None
-        if head.source is not None:
-            forced_tokens, forced_mask = self._forced(works, padded)
+        if forced is not None:
+            forced_tokens, forced_mask = (np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for a in forced)
         tokens = self.generator.sample_tokens(
             prompts,
             n=1,
@@ -120,37 +153,26 @@ class ImageEngine:
             forced_tokens=forced_tokens,
             forced_mask=forced_mask,
         )
-        tokens = np.asarray(tokens)[:, 0]  # [padded, g, g]
-        images = np.asarray(self.generator.decode(tokens))[:rows]
-        tokens = tokens[:rows]
         self.padded_rows += padded
-        log.info("sampled %d rows for %d requests (padded to %d, seed %d)", rows, len(works), padded, seed)
-        out, start = [], 0
-        for w in works:
-            stop = start + w.rows
-            out.append(SampleResult(tokens[start:stop], images[start:stop], seed, rows))
-            start = stop
-        return out
+        return np.asarray(tokens)[:rows, 0]
 
-    def _forced(self, works: Sequence[SampleWork], padded: int) -> tuple[np.ndarray, np.ndarray]:
-        """Source tokens per row int32 [padded, g, g] and the keep mask bool [padded, g, g]."""
-        # One encode for all uploads of the batch (padded like the sampling rows).
+    def _pad(self, tokens: np.ndarray) -> np.ndarray:
+        """Pad decode input like sampling input, so decoding compiles as few shapes."""
+        rows = len(tokens)
+        size = -(-rows // self.pad_to) * self.pad_to if self.pad_to else _bucket(rows)
+        return np.concatenate([tokens, np.repeat(tokens[-1:], size - rows, axis=0)]) if size > rows else tokens
+
+    def _forced(self, works: Sequence[SampleWork]) -> tuple[np.ndarray, np.ndarray]:
+        """Source tokens per row int32 [rows, g, g] and the keep mask bool [rows, g, g]."""
+        # One encode for all uploads of the batch (padded to a power of two: few compiled shapes).
         sources = np.stack([w.source for w in works])
         n_src = len(sources)
         enc_pad = _bucket(n_src)
         if enc_pad > n_src:
             sources = np.concatenate([sources, np.repeat(sources[-1:], enc_pad - n_src, axis=0)])
         codes = np.asarray(self.generator.encode(sources))[:n_src].astype(np.int32)
-        tok_rows, keep_rows = [], []
-        for w, code in zip(works, codes, strict=True):
-            tok_rows.append(np.repeat(code[None], w.rows, axis=0))
-            keep_rows.append(np.asarray(w.keep, dtype=bool))
-        tokens = np.concatenate(tok_rows)
-        keep = np.concatenate(keep_rows)
-        extra = padded - len(tokens)
-        if extra:
-            tokens = np.concatenate([tokens, np.repeat(tokens[-1:], extra, axis=0)])
-            keep = np.concatenate([keep, np.repeat(keep[-1:], extra, axis=0)])
+        tokens = np.concatenate([np.repeat(c[None], w.rows, axis=0) for w, c in zip(works, codes, strict=True)])
+        keep = np.concatenate([np.asarray(w.keep, dtype=bool) for w in works])
         return tokens, keep
 
 

@@ -30,7 +30,6 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.service import images as imgs
@@ -41,15 +40,8 @@ from flows.service.errors import APIError
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-# Used until dalle_core.cover's presets (configs/platforms.yaml) are installed: recommended sizes.
-FALLBACK_PLATFORMS: dict[str, tuple[int, int]] = {
-    "og": (1200, 630),
-    "linkedin": (1200, 627),
-    "x": (1600, 900),
-    "facebook": (1200, 630),
-    "instagram": (1080, 1080),
-    "pinterest": (1000, 1500),
-}
+# Names people use for presets in configs/platforms.yaml.
+PLATFORM_ALIASES = {"instagram": "instagram-square", "og": "blog", "twitter": "x"}
 
 
 class PublishRequest(BaseModel):
@@ -63,45 +55,24 @@ class PublishRequest(BaseModel):
     mode: Literal["sync", "async"] | None = Field(None, description="Default: service.hook.default_mode.")
     seed: int | None = Field(None, ge=0, lt=2**31)
     response_format: Literal["url", "b64_json"] = "url"
+    overlay_title: bool = Field(True, description="Draw the title on presets that ask for it (platforms.yaml).")
 
 
 # -- platforms -----------------------------------------------------------------------------------
+def platform_presets() -> dict[str, Any]:
+    """Preset name → dalle_core.cover.PlatformPreset (configs/platforms.yaml), aliases included."""
+    from dalle_core import cover
+
+    presets = dict(cover.load_presets())
+    for alias, name in PLATFORM_ALIASES.items():
+        if name in presets and alias not in presets:
+            presets[alias] = presets[name]
+    return presets
+
+
 def platform_sizes() -> dict[str, tuple[int, int]]:
-    """name → (width, height) from the core's presets when available, else the fallback table."""
-    try:
-        from dalle_core import cover
-
-        presets = cover.load_presets()
-        return {name: (int(p.width), int(p.height)) for name, p in presets.items()}
-    except (ImportError, AttributeError, FileNotFoundError):
-        return dict(FALLBACK_PLATFORMS)
-
-
-def fit_cover(image: np.ndarray, width: int, height: int) -> Image.Image:
-    """Resize to cover width×height and crop the centre: uint8 [H, W, 3] → exactly width×height."""
-    img = Image.fromarray(image)
-    scale = max(width / img.width, height / img.height)
-    w, h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
-    img = img.resize((w, h), Image.Resampling.LANCZOS)
-    left, top = (w - width) // 2, (h - height) // 2
-    return img.crop((left, top, left + width, top + height))
-
-
-def render_platforms(generator: Any, tokens: np.ndarray, image: np.ndarray,
-                     platforms: dict[str, tuple[int, int]]) -> dict[str, Image.Image]:
-    """One image per platform at its exact size (runs on the generator's worker thread).
-
-    tokens: int32 [g, g] of the chosen candidate; image: its uint8 [H, W, 3] decode.
-    dalle_core.cover outpaints to the platform's aspect ratio when it is installed.
-    """
-    try:
-        from dalle_core import cover
-    except ImportError:
-        cover = None
-    if cover is not None and hasattr(cover, "render_platforms"):
-        presets = {k: v for k, v in cover.load_presets().items() if k in platforms}
-        return cover.render_platforms(generator, tokens, presets)
-    return {name: fit_cover(image, w, h) for name, (w, h) in platforms.items()}
+    """name → (width, height) for every preset and alias."""
+    return {name: (p.width, p.height) for name, p in platform_presets().items()}
 
 
 # -- the hook ------------------------------------------------------------------------------------
@@ -112,6 +83,7 @@ def post_key(body: PublishRequest, model_id: str) -> str:
         "url": body.url.strip() if body.url else None,
         "title": body.title,
         "platforms": sorted(set(body.platforms)),
+        "overlay_title": body.overlay_title,
         "style": body.style,
         "seed": body.seed,
         "model": model_id,
@@ -129,7 +101,7 @@ class PublishHook:
         self.generations = 0  # sync generations actually run (the cache saves the rest)
 
     # ---- validation
-    def validate(self, body: PublishRequest) -> dict[str, tuple[int, int]]:
+    def validate(self, body: PublishRequest) -> dict[str, Any]:
         hook = self.state.service.hook
         if bool(body.text) == bool(body.url):
             raise APIError(400, "Send exactly one of 'text' (the post itself) or 'url' (where it is published).",
@@ -139,11 +111,12 @@ class PublishHook:
                            "(service.hook.max_text_chars).", param="text", code="invalid_value")
         if body.url and not re.match(r"^https?://", body.url.strip(), re.I):
             raise APIError(400, f"'url' must be an http(s) URL, got {body.url!r}.", param="url", code="invalid_value")
-        known = platform_sizes()
+        known = platform_presets()
         unknown = [p for p in body.platforms if p not in known]
         if unknown:
             raise APIError(400, f"Unknown platform(s) {', '.join(map(repr, unknown))}; choose from "
-                           f"{', '.join(sorted(known))}.", param="platforms", code="invalid_value")
+                           f"{', '.join(sorted(known))} (configs/platforms.yaml).", param="platforms",
+                           code="invalid_value")
         if body.style:
             from nlp.prompt import normalise_style
 
@@ -164,7 +137,7 @@ class PublishHook:
         return settings.model_copy(update=update)
 
     # ---- sync
-    async def publish_sync(self, body: PublishRequest, key: str, platforms: dict[str, tuple[int, int]],
+    async def publish_sync(self, body: PublishRequest, key: str, platforms: dict[str, Any],
                            base_url: str) -> dict[str, Any]:
         cached = self._results.get(key)
         if cached is None:
@@ -199,7 +172,7 @@ class PublishHook:
         while len(self._results) > size:
             self._results.popitem(last=False)
 
-    async def _generate(self, body: PublishRequest, key: str, platforms: dict[str, tuple[int, int]]) -> dict:
+    async def _generate(self, body: PublishRequest, key: str, platforms: dict[str, Any]) -> dict:
         from flows.pipeline import sampling_settings, text_stages
         from nlp.errors import FetchError, ModerationError, NlpError
 
@@ -221,12 +194,23 @@ class PublishHook:
         sample = await self.state.run(work, rows=n)
         self.generations += 1
 
+        sampling = work.settings
+        title = article.title if body.overlay_title else None
+
         def finish(generator):
+            from dalle_core import cover
+
             scores = generator.score([prompt.text], sample.images[None])
             best = 0 if scores is None else int(np.argmax(np.asarray(scores)[0]))
-            rendered = render_platforms(generator, sample.tokens[best], sample.images[best], platforms)
+            # Outpaint → decode → upscale → exact size per preset; aliases share one render.
+            presets = {p.name: p for p in platforms.values()}
+            rendered = cover.render_platforms(
+                generator, sample.tokens[best], presets, prompt=prompt.text, seed=sample.seed,
+                settings=sampling, negative_prompt=prompt.negative or None, title=title,
+                outpaint=cover.load_platforms().outpaint,
+            )
             score = None if scores is None else float(np.asarray(scores)[0, best])
-            return best, score, rendered
+            return best, score, {name: rendered[p.name] for name, p in platforms.items()}
 
         best, score, rendered = await self.state.run(ExclusiveWork(finish))
         pngs = await anyio.to_thread.run_sync(
@@ -297,11 +281,13 @@ class PublishHook:
             tmp.replace(path)
         return str(path)
 
-    async def publish_async(self, body: PublishRequest, key: str) -> dict[str, Any]:
+    async def publish_async(self, body: PublishRequest, key: str, platforms: dict[str, Any]) -> dict[str, Any]:
         from prefect.deployments import arun_deployment
 
         source = body.url.strip() if body.url else await anyio.to_thread.run_sync(self.spool_text, body, key)
-        parameters: dict[str, Any] = {"source": source, "platforms": list(dict.fromkeys(body.platforms))}
+        # The flow takes preset names (aliases such as "instagram" resolved).
+        presets = list(dict.fromkeys(p.name for p in platforms.values()))
+        parameters: dict[str, Any] = {"source": source, "platforms": presets}
         if body.style:
             parameters["style"] = body.style
         if body.seed is not None:
@@ -326,11 +312,10 @@ class PublishHook:
             "state_name": run.state_name, "key": key, "status_url": f"/v1/hooks/publish/{run.id}",
         }
 
-    async def status(self, run_id: str) -> dict[str, Any]:
+    async def status(self, run_id: str, base_url: str) -> dict[str, Any]:
         cached = self.cached_result(run_id)
         if cached is not None:
-            return {k: v for k, v in cached.items() if k not in ("pngs", "sizes", "key")} | {
-                "object": "hook.publish", "mode": "sync", "status": "completed"}
+            return await anyio.to_thread.run_sync(self._response, cached, "url", base_url, True)
         try:
             flow_run_id = uuid.UUID(run_id)
         except ValueError:
@@ -372,11 +357,11 @@ async def publish(body: PublishRequest, request: Request):
     key = post_key(body, state.service.model_id)
     mode = body.mode or state.service.hook.default_mode
     if mode == "async":
-        return JSONResponse(await hook.publish_async(body, key), status_code=202)
+        return JSONResponse(await hook.publish_async(body, key, platforms), status_code=202)
     return await hook.publish_sync(body, key, platforms, state.base_url(request))
 
 
 @router.get("/v1/hooks/publish/{run_id}", dependencies=[Depends(require_key)], tags=["hooks"])
 async def publish_status(run_id: str, request: Request):
     """State of an async publish (the Prefect flow run), or a finished sync result by id."""
-    return await _hook(request).status(run_id)
+    return await _hook(request).status(run_id, request.app.state.covercraft.base_url(request))

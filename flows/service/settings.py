@@ -33,6 +33,7 @@ class QueueSettings(_Section):
     max_pending: int = Field(32, ge=1, le=10_000)
     max_batch: int = Field(8, ge=1, le=256)
     batch_wait_ms: float = Field(15.0, ge=0.0, le=5_000.0)
+    fixed_batch: bool = False
     request_timeout: float = Field(120.0, gt=0.0)
 
 

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     styles.set_defaults(func=cmd_styles)
     from flows import deploy  # serve, worker, watch (Prefect deployments)
     deploy.register(sub)
+    from flows.service.cli import register as register_api
+    register_api(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 import time
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -66,7 +67,8 @@ class FetchSettings(BaseModel):
     on the (decompressed) body;
     max_redirects: hops followed; allow_private: let URLs reach loopback/private addresses (local
     use only); allowed_networks: CIDRs allowed even though they are private (e.g. an intranet
-    blog, ``["10.1.2.0/24"]``); user_agent: sent with every request.
+    blog, ``["10.1.2.0/24"]``); user_agent: sent with every request; ca_bundle: a PEM file of
+    certificate authorities to trust instead of the system's (an intranet's private CA).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +81,7 @@ class FetchSettings(BaseModel):
     allow_private: bool = False
     allowed_networks: tuple[str, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
+    ca_bundle: str | None = None
 
     @field_validator("allowed_networks")
     @classmethod
@@ -319,7 +322,14 @@ def _fetch_url(url: str, settings: FetchSettings) -> Article:
     }
     current = url
     deadline = time.monotonic() + settings.timeout_total
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, headers=headers) as client:
+    verify: bool | ssl.SSLContext = True
+    if settings.ca_bundle:
+        try:
+            verify = ssl.create_default_context(cafile=settings.ca_bundle)
+        except (OSError, ssl.SSLError) as err:
+            raise FetchError(f"cannot read fetch.ca_bundle {settings.ca_bundle!r}: {err}") from err
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, headers=headers,
+                      verify=verify) as client:
         for _hop in range(settings.max_redirects + 1):
             try:
                 target = httpx.URL(current)

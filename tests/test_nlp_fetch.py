@@ -363,3 +363,53 @@ def test_local_files_and_file_urls():
     assert fetch_article(page.resolve().as_uri()).text == art.text
     md = fetch_article(str(PAGES / "launch-checklist.md"))
     assert "git tag" not in md.text and "indented code" not in md.text
+
+
+def _self_signed(tmp_path, hostname: str) -> tuple[str, str]:
+    """A throwaway certificate and key for ``hostname`` (PEM paths)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{hostname}.pem", tmp_path / f"{hostname}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.parametrize("cert_host, ok", [("blog.test", True), ("other.test", False)])
+def test_https_pinned_ip_still_verifies_the_hostname(tmp_path, monkeypatch, cert_host, ok):
+    """TLS to the pinned IP sends SNI and checks the certificate against the URL's host name."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path, cert_host)
+    srv = _Server("127.0.0.1", {"/post.html": _send(body=POST.encode())})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.httpd.socket = ctx.wrap_socket(srv.httpd.socket, server_side=True)
+    monkeypatch.setattr(nlp_fetch, "_resolve", lambda host, port: ["127.0.0.1"])
+    settings = LOCAL.model_copy(update={"ca_bundle": cert})
+    try:
+        url = f"https://blog.test:{srv.port}/post.html"
+        if ok:
+            assert fetch_article(url, settings).title == "Tea gardens of Darjeeling"
+        else:
+            with pytest.raises(FetchError, match="could not fetch .*(?i:certificate|hostname)"):
+                fetch_article(url, settings)
+    finally:
+        srv.close()

@@ -68,7 +68,10 @@ class FetchSettings(BaseModel):
     max_redirects: hops followed; allow_private: let URLs reach loopback/private addresses (local
     use only); allowed_networks: CIDRs allowed even though they are private (e.g. an intranet
     blog, ``["10.1.2.0/24"]``); user_agent: sent with every request; ca_bundle: a PEM file of
-    certificate authorities to trust instead of the system's (an intranet's private CA).
+    certificate authorities to trust instead of the system's (an intranet's private CA);
+    allow_files: read local paths and file:// URLs at all (a public service should say False, or
+    confine them with files_root: a folder that local paths must resolve inside, symlinks
+    followed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -82,6 +85,8 @@ class FetchSettings(BaseModel):
     allowed_networks: tuple[str, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
     ca_bundle: str | None = None
+    allow_files: bool = True
+    files_root: str | None = None
 
     @field_validator("allowed_networks")
     @classmethod
@@ -263,6 +268,12 @@ def _extract(kind: str, data: bytes, charset: str | None, source: str) -> Articl
 
 
 def _read_file(path: Path, source: str, settings: FetchSettings) -> Article:
+    if not settings.allow_files:
+        raise FetchError(f"local files are not allowed here ({source}): pass an http(s) URL")
+    if settings.files_root is not None:
+        root = Path(settings.files_root).expanduser().resolve()
+        if not path.expanduser().resolve().is_relative_to(root):
+            raise FetchError(f"{source} is outside the folder posts may be read from ({root})")
     if not path.is_file():
         raise FetchError(
             f"no such file: {path}; pass an http(s) URL or the path of a .html, .md or .txt file"

@@ -413,3 +413,18 @@ def test_https_pinned_ip_still_verifies_the_hostname(tmp_path, monkeypatch, cert
                 fetch_article(url, settings)
     finally:
         srv.close()
+
+
+def test_local_file_policy(tmp_path):
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "ok.md").write_text("# Title\n\nA paragraph.\n", encoding="utf-8")
+    (tmp_path / "secret.txt").write_text("Secret paragraph.\n", encoding="utf-8")
+    (posts / "link.txt").symlink_to(tmp_path / "secret.txt")
+    confined = FetchSettings(files_root=str(posts))
+    assert fetch_article(str(posts / "ok.md"), confined).title == "Title"
+    for bad in (tmp_path / "secret.txt", posts / ".." / "secret.txt", posts / "link.txt"):
+        with pytest.raises(FetchError, match="outside the folder"):
+            fetch_article(str(bad), confined)
+    with pytest.raises(FetchError, match="local files are not allowed"):
+        fetch_article((posts / "ok.md").as_uri(), FetchSettings(allow_files=False))

@@ -44,7 +44,7 @@ goes going gone good got great greatly handle happen happens hard help helpful h
 hit hold huge important include includes including instead interesting keep keeps key know known
 large larger largest later learn learned least left less let like likely little long look looking
 looks low made main major make makes making many maybe mean means might most move much must need
-needed needs new nice no note offer old one ones open overall pick possible pretty probably
+needed needs new nice no note offer old one ones overall pick possible pretty probably
 provide pull put quick quickly rather read ready real really recent recently remember require
 required right run said same saw say says second see seem seems seen set sets share short show
 shows significant significantly similar simple simply since small so something start started
@@ -65,6 +65,6 @@ type types value way ways week weeks word words work works year years
 # Words about the post itself, never its topic ("a homeowner's guide"): they break phrases.
 META_WORDS = frozenset("""
 article articles blog blogs chapter chapters conclusion episode example examples guide guides
-introduction newsletter overview post posts reader readers section sections series
+introduction newsletter overview post posts section sections series
 summary tip tips tutorial tutorials
 """.split())

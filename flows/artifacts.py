@@ -108,7 +108,11 @@ def publish_run(manifest: dict[str, Any], folder: str | os.PathLike) -> dict[str
     folder = Path(folder)
     files = ["cover.png"] + [c["file"] for c in manifest.get("candidates", [])]
     urls = {name: file_url(folder / name) for name in files}
-    key = artifact_key("covercraft", folder.name)
+    # Keyed by the post (title slug, not the folder's -2/-3 suffix): the Artifacts page then keeps
+    # one entry per post with a version per run.
+    from flows.output import slugify
+
+    key = artifact_key("covercraft", slugify(manifest.get("title") or folder.name))
     try:
         create_markdown_artifact(summary_markdown(manifest, folder, urls), key=key,
                                  description=f"Covercraft result for {manifest['source']}")

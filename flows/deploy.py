@@ -126,17 +126,55 @@ def load_deploy_config(path: str | os.PathLike | None = None, overrides: dict[st
 # ---------------------------------------------------------------- deployments
 
 
+def form_defaults(config_file: str | None = None) -> dict[str, Any]:
+    """The run form's initial values: the settings these runs would use anyway.
+
+    The flow's own defaults are None ("from the settings"), which the UI shows as an unset
+    ``type | None`` toggle; prefilling the effective values gives a drop-down with the current
+    style, the number of candidates, etc. (same settings layers as the runs: defaults, the
+    config file, COVERCRAFT_* env of this process).
+    """
+    from flows.settings import load_settings
+
+    settings = load_settings(config_file)
+    out: dict[str, Any] = {
+        "style": settings.prompt.style,
+        "candidates": settings.sampling.candidates,
+        "seed": settings.sampling.seed,
+        "negative_words": list(settings.prompt.negative_words),
+        "upscale": settings.output.upscale,
+        "platforms": list(settings.output.platforms),
+    }
+    # Only values the form's enums accept (settings forgive case and dashes in style names).
+    from flows.pipeline import _platform_names
+    from nlp.prompt import STYLE_PRESETS
+
+    if out["style"] not in STYLE_PRESETS:
+        del out["style"]
+    if not set(out["platforms"]) <= set(_platform_names()):
+        del out["platforms"]
+    if config_file:
+        out["config_file"] = str(config_file)
+    return out
+
+
 def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list:
     """The RunnerDeployments to serve: blog-to-images always, watch-feed when feeds are configured."""
+    from prefect.deployments.runner import EntrypointType
+
     from flows.feed import watch_feed
     from flows.pipeline import blog_to_images
 
     tags = list(cfg.deployments.tags)
+    # Runs import flows.pipeline as a module (not by file path), so the objects they pickle for the
+    # task worker (parameters, results) name the same modules in every process.
+    module = EntrypointType.MODULE_PATH
     blog = blog_to_images.to_deployment(
         name=cfg.deployments.blog_to_images,
+        entrypoint_type=module,
         tags=tags,
         description="A blog post in, ranked cover images out. Start a Custom run and fill in the source.",
-        parameters={"config_file": config_file} if config_file else None,
+        parameters=form_defaults(config_file),
     )
     out = [blog]
     feeds = cfg.feeds
@@ -154,6 +192,7 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
             parameters.setdefault("config_file", config_file)
         out.append(watch_feed.to_deployment(
             name=cfg.deployments.watch_feed,
+            entrypoint_type=module,
             tags=tags,
             description="Starts blog-to-images once per new or changed post of the configured feeds.",
             parameters={

@@ -72,6 +72,15 @@ def test_blog_form_schema(applied):
         assert props[name].get("description"), f"{name} has no description for the UI form"
     # Property order is the form's field order.
     assert [props[n]["position"] for n in ("source", "style", "candidates")] == [0, 1, 2]
+    # The form starts from the values the runs would use anyway (a drop-down, not an unset toggle).
+    from flows.settings import load_settings
+
+    settings = load_settings()
+    defaults = deps["blog-to-images"].parameters
+    assert defaults["style"] == settings.prompt.style and defaults["candidates"] == settings.sampling.candidates
+    assert "source" not in defaults
+    # Runs import the flow by module name, so what they pickle for the task worker unpickles there.
+    assert deps["blog-to-images"].entrypoint == "flows.pipeline.blog_to_images"
 
 
 def test_server_rejects_out_of_bounds_form_values(applied):
@@ -218,3 +227,28 @@ def test_route_is_checked(monkeypatch):
     monkeypatch.delenv(worker.ROUTE_ENV)
     assert worker.route() == "inline"
     assert os.environ.get(worker.ROUTE_ENV) is None
+
+
+def test_prefect_yaml_and_k8s_template_are_consistent():
+    """prefect.yaml's entrypoints load and its parameters fit the flows; the job template's
+    placeholders are all declared variables and it requests GPUs."""
+    import re
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    root = Path(__file__).resolve().parents[1]
+    project = yaml.safe_load((root / "prefect.yaml").read_text())
+    names = set()
+    for dep in project["deployments"]:
+        fl = load_flow_from_entrypoint(dep["entrypoint"])  # module paths, see prefect.yaml
+        names.add(fl.name)
+        props = parameter_schema(fl).model_dump()["properties"]
+        assert set(dep.get("parameters", {})) <= set(props), dep["entrypoint"]
+    assert names == {"blog-to-images", "watch-feed"}
+    text = (root / "deploy" / "k8s-job-template.yaml").read_text()
+    template = yaml.safe_load(text)
+    assert set(re.findall(r"\{\{ (\w+) \}\}", text)) <= set(template["variables"]["properties"])
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # every Prefect API call is an INFO line from httpx otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:

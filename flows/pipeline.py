@@ -69,18 +69,21 @@ def llm_settings(cfg: LLMConfig) -> nlp_topics.LLMSettings | None:
     )
 
 
-def _fetch_cache_key(context, parameters) -> str:
-    # A local file is keyed by its bytes; a URL by itself for cache_expiration (its content is what
-    # we are fetching), so a quick re-run of a post does not fetch and extract it again.
+def _fetch_cache_key(context, parameters) -> str | None:
+    # Keyed by content: a local file by its bytes. A URL is never cached (its content is what we
+    # fetch, and the feed watcher starts a run precisely because it changed); the topics and
+    # prompt caches below are keyed by the fetched text, so a re-run still skips the LLM.
     source, cfg = parameters["source"], parameters["cfg"]
     path = Path(source).expanduser()
-    content = hashlib.sha256(path.read_bytes()).hexdigest() if "://" not in source and path.is_file() else ""
-    return hashlib.sha256(f"fetch-v1|{source}|{content}|{cfg.model_dump_json()}".encode()).hexdigest()
+    if "://" in source or not path.is_file():
+        return None
+    content = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(f"fetch-v1|{path.resolve()}|{content}|{cfg.model_dump_json()}".encode()).hexdigest()
 
 
 @task(name="fetch", retries=2, retry_delay_seconds=[2, 8], retry_jitter_factor=0.5,
       retry_condition_fn=_retry_transient, timeout_seconds=120,
-      cache_key_fn=_fetch_cache_key, cache_expiration=timedelta(minutes=30))
+      cache_key_fn=_fetch_cache_key, cache_expiration=timedelta(days=7))
 def fetch_post(source: str, cfg: FetchConfig):
     settings = nlp_fetch.FetchSettings(**cfg.model_dump())
     article = nlp_fetch.fetch_article(source, settings)
@@ -115,11 +118,20 @@ def combine_topics(result, cfg: TextSettings):
     return topics
 
 
+def prompt_for(topics, title: str, cfg: PromptConfig, llm: LLMConfig, platform: str | None = None):
+    """Build the image prompt and moderate it (blocklist, then the endpoint's moderation if any)."""
+    settings = nlp_prompt.PromptSettings(
+        style=cfg.style, negative_words=list(cfg.negative_words), platform=platform
+    )
+    llm_cfg = llm_settings(llm)
+    prompt = nlp_prompt.build_prompt(topics, title, settings, llm_cfg)
+    nlp_prompt.moderate(prompt, list(cfg.blocklist), llm_cfg)
+    return prompt
+
+
 @task(name="prompt", **_LLM_TASK)
 def build_prompt(topics, title: str, cfg: PromptConfig, llm: LLMConfig):
-    settings = nlp_prompt.PromptSettings(style=cfg.style, negative_words=list(cfg.negative_words))
-    prompt = nlp_prompt.build_prompt(topics, title, settings, llm_settings(llm))
-    nlp_prompt.moderate(prompt, list(cfg.blocklist))
+    prompt = prompt_for(topics, title, cfg, llm)
     get_run_logger().info("prompt: %r (negative: %r)", prompt.text, prompt.negative)
     return prompt
 
@@ -314,8 +326,5 @@ def text_stages(article, settings: Settings):
     )
     result = nlp_topics.extract_topics(chunks, llm_settings(settings.llm))
     topics = nlp_combine.combine_topics(result, top_n=settings.text.top_topics)
-    cfg = settings.prompt
-    prompt_settings = nlp_prompt.PromptSettings(style=cfg.style, negative_words=list(cfg.negative_words))
-    prompt = nlp_prompt.build_prompt(topics, article.title, prompt_settings, llm_settings(settings.llm))
-    nlp_prompt.moderate(prompt, list(cfg.blocklist))
+    prompt = prompt_for(topics, article.title, settings.prompt, settings.llm)
     return chunks, result, topics, prompt

@@ -1,0 +1,677 @@
+"""The synthetic "shapes" domain the embedded model is trained on, and its pixel checker.
+
+This module is a CONTRACT (issue 4): outside tools score images against it, so the palette, the
+words and the geometry below are fixed.
+
+Images are 64×64 sRGB uint8 on a plain white background. Each holds one or two shapes filled with
+one solid palette colour:
+
+* shapes: ``circle``, ``square``, ``triangle`` (isosceles, apex up);
+* colours: red (230,25,25), green (30,170,60), blue (30,80,220), yellow (240,210,20),
+  purple (140,50,170), orange (245,130,20);
+* one object, optionally with a position (``on the left``, ``on the right``, ``at the top``,
+  ``at the bottom``, ``in the center``) and a size (``small``, ``large``);
+* two objects of different colours, not overlapping, related by ``to the left of``,
+  ``to the right of``, ``above`` or ``below``.
+
+Geometry (pixels, image side 64): object extents (bounding-box side) are small 12, medium 20,
+large 30; both objects of a two-object scene are medium. Objects are placed by the centre of their
+bounding box, always on the 8-pixel grid of the VQGAN tokens, so an object's pixels line up with
+the tokens the same way wherever it is (this keeps the tiny VQGAN's codebook and the tiny
+DalleBart's job small). Positioned objects sit at 16 ("left"/"top") or 48 ("right"/"bottom") on
+the named axis and at 24, 32 or 40 on the other; "in the center" is x in {24, 32, 40}, y = 32;
+objects without a position word are anywhere in {24, 32, 40}². A two-object scene puts its
+objects at 16 and 48 on the relation's axis and each at 24, 32 or 40 on the other.
+
+Held-out split (attribute combinations that the "train" split never contains; see
+``HELDOUT_SINGLE``, ``HELDOUT_SIZED`` and ``HELDOUT_PAIRS``):
+
+* 9 colour × shape × position triples (e.g. a red triangle on the left), whatever the size word;
+  every colour×shape, colour×position and shape×position pair still occurs in training;
+* 6 size × colour × shape triples (e.g. a small purple square), in any position;
+* 13 unordered pairs of objects (e.g. red circle + blue triangle), in every relation and order.
+
+Everything is deterministic given a seed. The pixel checker (``analyze``/``check``) segments
+non-white pixels into connected components of one palette colour, then reads colour, shape (fill
+ratio of the bounding box and the width profile), size and position (pixel centroid) from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 64
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 25),
+    "green": (30, 170, 60),
+    "blue": (30, 80, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 50, 170),
+    "orange": (245, 130, 20),
+}
+COLOURS: tuple[str, ...] = tuple(PALETTE)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
+SIZES: tuple[str, ...] = ("small", "medium", "large")  # "medium" has no word in captions
+RELATIONS: tuple[str, ...] = ("left_of", "right_of", "above", "below")
+
+EXTENT = {"small": 12, "medium": 20, "large": 30}
+PAIR_EXTENT = 20
+JITTER = (-8, 0, 8)  # on the axis a position word does not fix
+
+# Canonical phrases (used by the evaluation prompts; captions also use synonyms).
+POSITION_PHRASE = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
+RELATION_PHRASE = {
+    "left_of": "to the left of",
+    "right_of": "to the right of",
+    "above": "above",
+    "below": "below",
+}
+
+# --- held-out split -----------------------------------------------------------------------------
+# Chosen by hand so that every pair of attributes inside a held-out triple still occurs in training
+# (the model must compose known pieces, not invent unknown ones). "a red circle" and "a blue square
+# on the left" (the acceptance prompts) are deliberately in training.
+HELDOUT_SINGLE: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("red", "triangle", "left"),
+        ("green", "circle", "right"),
+        ("blue", "square", "top"),
+        ("yellow", "triangle", "bottom"),
+        ("purple", "circle", "center"),
+        ("orange", "square", "right"),
+        ("red", "square", "bottom"),
+        ("green", "triangle", "center"),
+        ("blue", "circle", "left"),
+    }
+)
+HELDOUT_SIZED: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("small", "purple", "square"),
+        ("large", "yellow", "circle"),
+        ("small", "orange", "triangle"),
+        ("large", "green", "square"),
+        ("small", "blue", "circle"),
+        ("large", "red", "triangle"),
+    }
+)
+HELDOUT_PAIRS: frozenset[frozenset[tuple[str, str]]] = frozenset(
+    frozenset(p)
+    for p in [
+        (("red", "circle"), ("blue", "triangle")),
+        (("green", "square"), ("yellow", "circle")),
+        (("purple", "triangle"), ("orange", "circle")),
+        (("blue", "square"), ("green", "triangle")),
+        (("yellow", "square"), ("red", "triangle")),
+        (("orange", "square"), ("purple", "circle")),
+        (("red", "square"), ("green", "circle")),
+        (("blue", "circle"), ("yellow", "triangle")),
+        (("purple", "square"), ("red", "circle")),
+        (("green", "triangle"), ("orange", "triangle")),
+        (("yellow", "circle"), ("purple", "triangle")),
+        (("orange", "circle"), ("blue", "square")),
+        (("red", "triangle"), ("green", "square")),
+    ]
+)
+
+
+# --- scenes -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Obj:
+    """One shape: colour and shape names, pixel-centroid anchor ``(cx, cy)`` and extent in pixels."""
+
+    colour: str
+    shape: str
+    cx: float
+    cy: float
+    extent: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What an image shows, in words the checker understands.
+
+    position/size: only for single-object scenes (None = not mentioned in the caption).
+    relation: for two-object scenes, ``objects[0] <relation> objects[1]``.
+    """
+
+    objects: tuple[Obj, ...]
+    position: str | None = None
+    size: str | None = None
+    relation: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "single" if len(self.objects) == 1 else "pair"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        objs = tuple(Obj(**o) for o in d["objects"])
+        return cls(objs, d.get("position"), d.get("size"), d.get("relation"))
+
+
+def is_heldout(scene: Scene) -> bool:
+    """True when the scene's attribute combination belongs to the held-out split."""
+    if scene.kind == "single":
+        o = scene.objects[0]
+        if scene.position is not None and (o.colour, o.shape, scene.position) in HELDOUT_SINGLE:
+            return True
+        return scene.size is not None and (scene.size, o.colour, o.shape) in HELDOUT_SIZED
+    a, b = scene.objects
+    return frozenset({(a.colour, a.shape), (b.colour, b.shape)}) in HELDOUT_PAIRS
+
+
+def _anchor_single(rng: np.random.Generator, position: str | None) -> tuple[float, float]:
+    j = 32 + int(rng.choice(JITTER))
+    if position is None:
+        return float(j), float(32 + int(rng.choice(JITTER)))
+    return {"left": (16, j), "right": (48, j), "top": (j, 16), "bottom": (j, 48), "center": (j, 32)}[position]
+
+
+def sample_scene(rng: np.random.Generator, split: str = "train", p_pair: float = 0.4) -> Scene:
+    """Draw one scene of the given split (``"train"`` or ``"heldout"``) by rejection."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    want_heldout = split == "heldout"
+    for _ in range(10_000):
+        scene = _sample_any(rng, p_pair)
+        if is_heldout(scene) == want_heldout:
+            return scene
+    raise RuntimeError("could not draw a scene of the requested split")  # pragma: no cover
+
+
+def _sample_any(rng: np.random.Generator, p_pair: float) -> Scene:
+    if rng.random() < p_pair:
+        relation = str(rng.choice(RELATIONS))
+        c1, c2 = rng.choice(len(COLOURS), size=2, replace=False)
+        s1, s2 = rng.integers(len(SHAPES), size=2)
+        # anchors of the first (A) and second (B) object for "A left_of B" / "A above B"
+        near, far = 16, 48
+        other_a, other_b = 32 + int(rng.choice(JITTER)), 32 + int(rng.choice(JITTER))
+        if relation in ("left_of", "right_of"):
+            pa, pb = (near, other_a), (far, other_b)
+            if relation == "right_of":
+                pa, pb = (far, other_a), (near, other_b)
+        else:
+            pa, pb = (other_a, near), (other_b, far)
+            if relation == "below":
+                pa, pb = (other_a, far), (other_b, near)
+        a = Obj(COLOURS[c1], SHAPES[s1], float(pa[0]), float(pa[1]), PAIR_EXTENT)
+        b = Obj(COLOURS[c2], SHAPES[s2], float(pb[0]), float(pb[1]), PAIR_EXTENT)
+        return Scene((a, b), relation=relation)
+    colour = str(rng.choice(COLOURS))
+    shape = str(rng.choice(SHAPES))
+    position = None if rng.random() < 0.35 else str(rng.choice(POSITIONS))
+    size = None if rng.random() < 0.5 else str(rng.choice(("small", "large")))
+    cx, cy = _anchor_single(rng, position)
+    extent = EXTENT[size or "medium"]
+    return Scene((Obj(colour, shape, cx, cy, extent),), position=position, size=size)
+
+
+# --- rendering ----------------------------------------------------------------------------------
+def shape_mask(shape: str, cx: float, cy: float, extent: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Boolean mask [size, size] of one shape whose bounding box is centred on ``(cx, cy)``.
+
+    Triangles point up (apex at the top centre, base at the bottom); their pixel centroid is
+    extent/6 below the box centre, which the checker's position regions allow for.
+    """
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    half = extent / 2.0
+    if shape == "circle":
+        return (xs - cx) ** 2 + (ys - cy) ** 2 <= half**2
+    if shape == "square":
+        return (np.abs(xs - cx) < half) & (np.abs(ys - cy) < half)
+    if shape == "triangle":
+        t = (ys - (cy - half)) / extent  # 0 at the apex, 1 at the base
+        return (t >= 0) & (t <= 1) & (np.abs(xs - cx) <= t * half)
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
+def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Render a scene: uint8 [size, size, 3], white background, hard (not anti-aliased) edges."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    scale = size / IMAGE_SIZE
+    for o in scene.objects:
+        mask = shape_mask(o.shape, o.cx * scale, o.cy * scale, int(round(o.extent * scale)), size)
+        img[mask] = PALETTE[o.colour]
+    return img
+
+
+# --- captions -----------------------------------------------------------------------------------
+_SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big")}
+_SHAPE_WORDS = {"circle": ("circle", "circle", "circle", "disk"), "square": ("square",), "triangle": ("triangle",)}
+_COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"purple": ("purple", "purple", "violet")}
+_POS_WORDS = {
+    "left": ("on the left", "on the left", "on the left side", "at the left"),
+    "right": ("on the right", "on the right", "on the right side", "at the right"),
+    "top": ("at the top", "at the top", "near the top", "at the top of the image"),
+    "bottom": ("at the bottom", "at the bottom", "near the bottom", "at the bottom of the image"),
+    "center": ("in the center", "in the center", "in the middle", "centered"),
+}
+_SINGLE_FRAMES = ("{}", "{}", "{}", "a picture of {}", "an image of {}", "{} on a white background", "a drawing of {}")
+_PAIR_FRAMES = ("{}", "{}", "{}", "a picture of {}", "an image of {}", "a drawing of {}")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def object_phrase(
+    colour: str, shape: str, size: str | None = None, rng: np.random.Generator | None = None
+) -> str:
+    """``"a small red circle"``; with ``rng``, synonyms and word orders vary."""
+    if rng is None:
+        words = ([size] if size and size != "medium" else []) + [colour, shape]
+        return f"{_article(words[0])} {' '.join(words)}"
+    c, s = _pick(rng, _COLOUR_WORDS[colour]), _pick(rng, _SHAPE_WORDS[shape])
+    z = _pick(rng, _SIZE_WORDS[size]) if size and size != "medium" else None
+    form = int(rng.integers(6))
+    if form == 4:  # "a circle in red", "a small circle in red"
+        words = ([z] if z else []) + [s, "in", c]
+    elif form == 5:  # "a red-coloured circle"... kept plain: "a red colored circle"
+        words = ([z] if z else []) + [c, "colored", s]
+    else:
+        words = ([z] if z else []) + [c, s]
+    return f"{_article(words[0])} {' '.join(words)}"
+
+
+def canonical_caption(scene: Scene) -> str:
+    """The one plain caption of a scene (the evaluation prompts use it)."""
+    if scene.kind == "single":
+        o = scene.objects[0]
+        text = object_phrase(o.colour, o.shape, scene.size)
+        return f"{text} {POSITION_PHRASE[scene.position]}" if scene.position else text
+    a, b = scene.objects
+    return f"{object_phrase(a.colour, a.shape)} {RELATION_PHRASE[scene.relation]} {object_phrase(b.colour, b.shape)}"
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A random caption for a scene: template, synonyms and word order vary."""
+    if scene.kind == "single":
+        o = scene.objects[0]
+        obj = object_phrase(o.colour, o.shape, scene.size, rng)
+        if scene.position and rng.random() < 0.25:  # position first: "on the left, a red circle"
+            return f"{POSITION_PHRASE[scene.position]}, {obj}"
+        if scene.position:
+            obj = f"{obj} {_pick(rng, _POS_WORDS[scene.position])}"
+        return _pick(rng, _SINGLE_FRAMES).format(obj)
+    a, b = scene.objects
+    pa, pb = object_phrase(a.colour, a.shape, None, rng), object_phrase(b.colour, b.shape, None, rng)
+    rel = scene.relation
+    # Express "a REL b" or, half of the time, the converse "b REL' a".
+    if rng.random() < 0.5:
+        pa, pb = pb, pa
+        rel = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}[rel]
+    horizontal = rel in ("left_of", "right_of")
+    first_side = {"left_of": "left", "right_of": "right", "above": "top", "below": "bottom"}[rel]
+    second_side = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[first_side]
+    side_words = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+    form = int(rng.integers(6))
+    if form <= 2:
+        word = {
+            "left_of": ("to the left of", "to the left of", "left of"),
+            "right_of": ("to the right of", "to the right of", "right of"),
+            "above": ("above", "above", "on top of"),
+            "below": ("below", "below", "under", "beneath"),
+        }[rel]
+        text = f"{pa} {_pick(rng, word)} {pb}"
+    elif form == 3:  # "a red circle on the left and a blue square on the right"
+        text = f"{pa} {side_words[first_side]} and {pb} {side_words[second_side]}"
+    elif form == 4:  # "next to" only together with the sides, so the relation stays unambiguous
+        if horizontal:
+            text = f"{pa} {side_words[first_side]} next to {pb} {side_words[second_side]}"
+        else:  # sides first; no frame in front of it
+            return f"{side_words[first_side]} {pa}, {side_words[second_side]} {pb}"
+    else:  # "a red circle with a blue square to its right"
+        its = {"left": "to its right", "right": "to its left", "top": "below it", "bottom": "above it"}[first_side]
+        text = f"{pa} with {pb} {its}"
+    return _pick(rng, _PAIR_FRAMES).format(text)
+
+
+# --- datasets -----------------------------------------------------------------------------------
+@dataclass
+class ShapesData:
+    """A batch of the domain: images uint8 [N, 64, 64, 3], one caption and one scene per image."""
+
+    images: np.ndarray
+    captions: list[str]
+    scenes: list[Scene]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def make_dataset(n: int, seed: int = 0, split: str = "train", p_pair: float = 0.4) -> ShapesData:
+    """``n`` scenes of a split, rendered, each with one random caption; deterministic by ``seed``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    scenes = [sample_scene(rng, split, p_pair) for _ in range(n)]
+    captions = [caption(s, rng) for s in scenes]
+    images = np.stack([render(s) for s in scenes]) if n else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    return ShapesData(images, captions, scenes)
+
+
+def recaption(scenes: Sequence[Scene], seed: int) -> list[str]:
+    """Fresh random captions for the same scenes (a new epoch sees new wordings)."""
+    rng = np.random.default_rng([seed, 2])
+    return [caption(s, rng) for s in scenes]
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """A canonical prompt and what the image must show."""
+
+    text: str
+    scene: Scene  # anchors are nominal; the checker reads only colours, shapes, position, relation
+
+
+def eval_prompts(split: str = "heldout", kinds: Iterable[str] = ("single", "position", "pair")) -> list[EvalPrompt]:
+    """Deterministic canonical prompts for evaluation.
+
+    ``heldout``: every held-out combination once: "single" = held-out size×colour×shape triples,
+    "position" = held-out colour×shape×position triples, "pair" = each held-out pair in the four
+    relations, the first object being the one listed first in ``sorted`` order.
+    ``train``: the same kinds over training combinations (a sample, for a sanity comparison).
+    """
+    out: list[EvalPrompt] = []
+    kinds = set(kinds)
+    if "single" in kinds:
+        triples = sorted(HELDOUT_SIZED) if split == "heldout" else [
+            (z, c, s) for z, c, s in itertools.product(("small", "large"), COLOURS, SHAPES) if (z, c, s) not in HELDOUT_SIZED
+        ][::6]
+        for z, c, s in triples:
+            sc = Scene((Obj(c, s, 32, 32, EXTENT[z]),), size=z)
+            out.append(EvalPrompt(canonical_caption(sc), sc))
+        if split == "heldout":
+            # Plain colour+shape prompts of the held-out position triples (words never seen together
+            # with that position, but the pair itself is known) count for colour+shape as well.
+            pass
+    if "position" in kinds:
+        triples = sorted(HELDOUT_SINGLE) if split == "heldout" else [
+            (c, s, p) for c, s, p in itertools.product(COLOURS, SHAPES, POSITIONS) if (c, s, p) not in HELDOUT_SINGLE
+        ][::9]
+        for c, s, p in triples:
+            cx, cy = {"left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "center": (32, 32)}[p]
+            sc = Scene((Obj(c, s, cx, cy, EXTENT["medium"]),), position=p)
+            out.append(EvalPrompt(canonical_caption(sc), sc))
+    if "pair" in kinds:
+        if split == "heldout":
+            pairs = sorted(tuple(sorted(p)) for p in HELDOUT_PAIRS)
+        else:
+            objs = list(itertools.product(COLOURS, SHAPES))
+            pairs = [
+                (a, b)
+                for a, b in itertools.combinations(objs, 2)
+                if a[0] != b[0] and frozenset({a, b}) not in HELDOUT_PAIRS
+            ][::10]
+        for (ca, sa), (cb, sb) in pairs:
+            for rel in RELATIONS:
+                a = Obj(ca, sa, 0, 0, PAIR_EXTENT)
+                b = Obj(cb, sb, 0, 0, PAIR_EXTENT)
+                sc = Scene((a, b), relation=rel)
+                out.append(EvalPrompt(canonical_caption(sc), sc))
+    return out
+
+
+# --- pixel checker ------------------------------------------------------------------------------
+_PALETTE_ARRAY = np.array([PALETTE[c] for c in COLOURS], np.float32)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One connected region of one palette colour.
+
+    area in pixels; (cx, cy) pixel centroid; bbox (x0, y0, x1, y1) inclusive-exclusive;
+    fill = area / bbox area; shape: the checker's guess.
+    """
+
+    colour: str
+    shape: str
+    area: int
+    cx: float
+    cy: float
+    bbox: tuple[int, int, int, int]
+    fill: float
+
+    @property
+    def extent(self) -> int:
+        x0, y0, x1, y1 = self.bbox
+        return max(x1 - x0, y1 - y0)
+
+
+def _as_rgb_array(image) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr.astype(np.float32) * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255)
+    return arr.astype(np.float32)
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a boolean mask: (labels int32 [H, W] with 0 = background, count).
+
+    Min-label propagation, vectorised; converges in at most (longest path) sweeps, which is
+    cheap at 64×64 and avoids a SciPy dependency in ``dalle_core``.
+    """
+    h, w = mask.shape
+    big = h * w + 1
+    lab = np.where(mask, np.arange(1, h * w + 1, dtype=np.int64).reshape(h, w), big)
+    while True:
+        prev = lab
+        m = lab.copy()
+        m[1:, :] = np.minimum(m[1:, :], lab[:-1, :])
+        m[:-1, :] = np.minimum(m[:-1, :], lab[1:, :])
+        m[:, 1:] = np.minimum(m[:, 1:], lab[:, :-1])
+        m[:, :-1] = np.minimum(m[:, :-1], lab[:, 1:])
+        lab = np.where(mask, m, big)
+        if np.array_equal(lab, prev):
+            break
+    uniq = np.unique(lab[mask])
+    out = np.zeros((h, w), np.int32)
+    for i, u in enumerate(uniq, start=1):
+        out[lab == u] = i
+    return out, len(uniq)
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """Shape name from one component's mask (cropped or not) and its fill ratio.
+
+    Fill ratio of the bounding box separates square (~1.0), circle (~0.79) and triangle (~0.5);
+    the width profile breaks ties: a triangle is much narrower in its top rows than its bottom
+    rows, a circle is narrow at both ends.
+    """
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = mask[y0:y1, x0:x1]
+    fill = float(crop.mean())
+    widths = crop.sum(axis=1).astype(np.float32)
+    n = len(widths)
+    q = max(1, n // 4)
+    top, bottom = widths[:q].mean(), widths[-q:].mean()
+    mid = widths[n // 2 - q // 2 : n // 2 - q // 2 + q].mean() if n >= 4 else widths.mean()
+    if fill >= 0.9:
+        return "square", fill
+    if fill <= 0.64 or (bottom > 0 and top / bottom < 0.45 and fill < 0.75):
+        return "triangle", fill
+    if mid > 0 and top / mid < 0.95:
+        return "circle", fill
+    return "square", fill
+
+
+def analyze(image, min_area: int = 12) -> list[Component]:
+    """Objects in an image: components of one palette colour, largest first.
+
+    A pixel is ink when it is far from white (min channel < 150, which every palette colour
+    meets and anti-aliased halos mostly don't); its colour is the nearest palette entry.
+    Components smaller than ``min_area`` pixels are noise and dropped.
+    """
+    rgb = _as_rgb_array(image)
+    ink = rgb.min(axis=-1) < 150
+    d = ((rgb[..., None, :] - _PALETTE_ARRAY) ** 2).sum(-1)
+    nearest = d.argmin(-1)
+    comps: list[Component] = []
+    for ci, colour in enumerate(COLOURS):
+        mask = ink & (nearest == ci)
+        if mask.sum() < min_area:
+            continue
+        labels, count = _label(mask)
+        for k in range(1, count + 1):
+            m = labels == k
+            area = int(m.sum())
+            if area < min_area:
+                continue
+            ys, xs = np.nonzero(m)
+            shape, fill = classify_shape(m)
+            comps.append(
+                Component(
+                    colour=colour,
+                    shape=shape,
+                    area=area,
+                    cx=float(xs.mean() + 0.5),
+                    cy=float(ys.mean() + 0.5),
+                    bbox=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+                    fill=fill,
+                )
+            )
+    comps.sort(key=lambda c: -c.area)
+    return comps
+
+
+def position_of(cx: float, cy: float, size: int = IMAGE_SIZE) -> set[str]:
+    """The position words a centroid satisfies (``left`` etc.; ``center`` only near the middle)."""
+    lo, hi = size * 26 / 64, size * 38 / 64
+    c_lo, c_hi = size * 22 / 64, size * 42 / 64
+    out = set()
+    if cx < lo:
+        out.add("left")
+    if cx > hi:
+        out.add("right")
+    if cy < lo:
+        out.add("top")
+    if cy > hi:
+        out.add("bottom")
+    if c_lo <= cx <= c_hi and c_lo <= cy <= c_hi:
+        out.add("center")
+    return out
+
+
+def size_of(extent: int, size: int = IMAGE_SIZE) -> str:
+    e = extent * IMAGE_SIZE / size
+    return "small" if e < 16 else "large" if e > 25 else "medium"
+
+
+def relation_holds(a: Component, b: Component, relation: str, size: int = IMAGE_SIZE) -> bool:
+    """``a <relation> b`` from centroids: the named axis dominates and the gap is at least 1/8 side."""
+    dx, dy = b.cx - a.cx, b.cy - a.cy
+    gap = size / 8
+    if relation == "left_of":
+        return dx > gap and abs(dx) > abs(dy)
+    if relation == "right_of":
+        return -dx > gap and abs(dx) > abs(dy)
+    if relation == "above":
+        return dy > gap and abs(dy) > abs(dx)
+    if relation == "below":
+        return -dy > gap and abs(dy) > abs(dx)
+    raise ValueError(f"unknown relation {relation!r}; known: {', '.join(RELATIONS)}")
+
+
+def _significant(comps: list[Component]) -> list[Component]:
+    """Components that count as objects: at least 15% of the largest one's area."""
+    if not comps:
+        return []
+    return [c for c in comps if c.area >= 0.15 * comps[0].area]
+
+
+def check(image, scene: Scene) -> dict[str, bool]:
+    """Score one image against a scene.
+
+    Keys for single-object scenes: ``colour_shape`` (exactly one object, right colour and shape),
+    ``position`` (colour_shape and the centroid in the named region; only when a position is
+    asked), ``size`` (only when a size is asked). For two objects: ``objects`` (exactly two
+    objects, with the right colours and shapes) and ``relation`` (objects and the relation holds).
+    """
+    arr = np.asarray(image)
+    side = arr.shape[1]
+    objs = _significant(analyze(arr))
+    if scene.kind == "single":
+        want = scene.objects[0]
+        ok = len(objs) == 1 and objs[0].colour == want.colour and objs[0].shape == want.shape
+        out = {"colour_shape": ok}
+        if scene.position is not None:
+            out["position"] = ok and scene.position in position_of(objs[0].cx, objs[0].cy, side)
+        if scene.size is not None:
+            out["size"] = ok and size_of(objs[0].extent, side) == scene.size
+        return out
+    a, b = scene.objects
+    found = {c.colour: c for c in objs}
+    ok = (
+        len(objs) == 2
+        and len(found) == 2
+        and a.colour in found
+        and b.colour in found
+        and found[a.colour].shape == a.shape
+        and found[b.colour].shape == b.shape
+    )
+    rel = ok and relation_holds(found[a.colour], found[b.colour], scene.relation, side)
+    return {"objects": ok, "relation": rel}
+
+
+def save_dataset(path, data: ShapesData) -> None:
+    """Save images (npz) and captions + scenes (JSON lines next to it)."""
+    from pathlib import Path
+
+    path = Path(path)
+    np.savez_compressed(path, images=data.images)
+    with open(path.with_suffix(".jsonl"), "w") as f:
+        for c, s in zip(data.captions, data.scenes, strict=True):
+            f.write(json.dumps({"caption": c, "scene": s.to_dict()}) + "\n")
+
+
+def perturb(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A scene that differs from ``scene`` in exactly one thing the checker scores.
+
+    One of: an object's colour, an object's shape, the position (single object) or the relation
+    (two objects: the converse, i.e. the objects swap places). Hard negatives for CLIP.
+    """
+    objs = list(scene.objects)
+    i = int(rng.integers(len(objs)))
+    what = int(rng.integers(3))
+    if what == 0:
+        taken = {o.colour for o in objs}
+        colour = str(rng.choice([c for c in COLOURS if c not in taken]))
+        objs[i] = dataclasses.replace(objs[i], colour=colour)
+        return dataclasses.replace(scene, objects=tuple(objs))
+    if what == 1:
+        shape = str(rng.choice([s for s in SHAPES if s != objs[i].shape]))
+        objs[i] = dataclasses.replace(objs[i], shape=shape)
+        return dataclasses.replace(scene, objects=tuple(objs))
+    if scene.kind == "pair":
+        converse = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
+        return dataclasses.replace(scene, relation=converse[scene.relation])
+    position = str(rng.choice([p for p in POSITIONS if p != scene.position]))
+    return dataclasses.replace(scene, position=position)

@@ -1,0 +1,214 @@
+"""The shapes domain (dataset, held-out split, captions), its pixel checker and the BPE trainers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dalle_core.train import shapes as S
+
+
+@pytest.fixture(scope="module")
+def train_data():
+    return S.make_dataset(400, seed=0)
+
+
+def test_palette_and_words_are_the_contract():
+    assert S.PALETTE == {
+        "red": (230, 25, 25),
+        "green": (30, 170, 60),
+        "blue": (30, 80, 220),
+        "yellow": (240, 210, 20),
+        "purple": (140, 50, 170),
+        "orange": (245, 130, 20),
+    }
+    assert S.SHAPES == ("circle", "square", "triangle")
+    assert S.POSITION_PHRASE["left"] == "on the left" and S.POSITION_PHRASE["center"] == "in the center"
+
+
+def test_dataset_is_deterministic_by_seed(train_data):
+    again = S.make_dataset(400, seed=0)
+    assert np.array_equal(train_data.images, again.images)
+    assert train_data.captions == again.captions
+    other = S.make_dataset(400, seed=1)
+    assert not np.array_equal(train_data.images, other.images)
+
+
+def test_images_are_white_with_palette_colours_only(train_data):
+    imgs = train_data.images
+    assert imgs.shape == (400, 64, 64, 3) and imgs.dtype == np.uint8
+    colours = {tuple(c) for c in np.unique(imgs.reshape(-1, 3), axis=0)}
+    assert colours <= set(S.PALETTE.values()) | {(255, 255, 255)}
+    # corners are background in every image
+    assert (imgs[:, 0, 0] == 255).all() and (imgs[:, -1, -1] == 255).all()
+
+
+def test_two_objects_never_overlap_and_differ_in_colour(train_data):
+    for sc in train_data.scenes:
+        if sc.kind == "pair":
+            a, b = sc.objects
+            assert a.colour != b.colour
+            ma = S.shape_mask(a.shape, a.cx, a.cy, a.extent)
+            mb = S.shape_mask(b.shape, b.cx, b.cy, b.extent)
+            assert not (ma & mb).any()
+
+
+def test_heldout_split_is_disjoint_from_train(train_data):
+    held = S.make_dataset(300, seed=0, split="heldout")
+    assert all(S.is_heldout(s) for s in held.scenes)
+    assert not any(S.is_heldout(s) for s in train_data.scenes)
+    train_keys = {S.canonical_caption(s) for s in train_data.scenes}
+    assert not train_keys & {S.canonical_caption(s) for s in held.scenes}
+    kinds = {s.kind for s in held.scenes}
+    assert kinds == {"single", "pair"}
+    # every held-out prompt is held out; the acceptance prompts are not
+    assert all(S.is_heldout(p.scene) for p in S.eval_prompts("heldout"))
+    for text in ("a red circle", "a blue square on the left"):
+        assert text not in {p.text for p in S.eval_prompts("heldout")}
+    assert ("blue", "square", "left") not in S.HELDOUT_SINGLE
+
+
+def test_heldout_triples_keep_their_pairs_in_training():
+    # every pair of attributes inside a held-out triple still occurs in training
+    for c, s, p in S.HELDOUT_SINGLE:
+        assert any((c, s, q) not in S.HELDOUT_SINGLE for q in S.POSITIONS if q != p)
+        assert any((c, t, p) not in S.HELDOUT_SINGLE for t in S.SHAPES if t != s)
+        assert any((k, s, p) not in S.HELDOUT_SINGLE for k in S.COLOURS if k != c)
+    for z, c, s in S.HELDOUT_SIZED:
+        assert any((y, c, s) not in S.HELDOUT_SIZED for y in ("small", "large") if y != z)
+    for pair in S.HELDOUT_PAIRS:
+        a, b = sorted(pair)
+        assert a[0] != b[0]
+        # both objects appear in training pairs with other partners
+        for obj in (a, b):
+            partners = [(c, t) for c in S.COLOURS for t in S.SHAPES if c != obj[0]]
+            assert any(frozenset({obj, q}) not in S.HELDOUT_PAIRS for q in partners)
+
+
+def test_captions_vary_and_name_the_scene(train_data):
+    caps = train_data.captions
+    assert len(set(caps)) > 0.8 * len(caps)
+    # several templates are in use
+    assert any(c.startswith("a picture of") for c in caps)
+    assert any(c.startswith(("on the", "at the", "in the")) for c in caps)
+    assert any(" next to " in c for c in caps)
+    for cap, sc in zip(caps, train_data.scenes, strict=True):
+        for o in sc.objects:
+            assert o.colour in cap or (o.colour == "purple" and "violet" in cap)
+            assert o.shape in cap or (o.shape == "circle" and "disk" in cap)
+        if " next to " in cap:  # only with both sides named, so the relation stays unambiguous
+            assert "on the left" in cap and "on the right" in cap
+    rng = np.random.default_rng(0)
+    sc = train_data.scenes[0]
+    assert len({S.caption(sc, rng) for _ in range(30)}) > 3
+
+
+def test_canonical_captions():
+    a = S.Obj("red", "circle", 16, 32, 20)
+    b = S.Obj("blue", "square", 48, 32, 20)
+    assert S.canonical_caption(S.Scene((a,))) == "a red circle"
+    assert S.canonical_caption(S.Scene((b,), position="left")) == "a blue square on the left"
+    assert S.canonical_caption(S.Scene((S.Obj("orange", "triangle", 32, 32, 12),), size="small")) == "a small orange triangle"
+    assert S.canonical_caption(S.Scene((a, b), relation="left_of")) == "a red circle to the left of a blue square"
+
+
+def test_checker_is_perfect_on_clean_renders(train_data):
+    held = S.make_dataset(150, seed=3, split="heldout")
+    for img, sc in zip(np.concatenate([train_data.images[:250], held.images]), train_data.scenes[:250] + held.scenes, strict=True):
+        result = S.check(img, sc)
+        assert all(result.values()), (sc, result, S.analyze(img))
+
+
+def test_checker_reads_shapes_colours_and_positions():
+    for shape in S.SHAPES:
+        for colour in S.COLOURS:
+            for size in ("small", "medium", "large"):
+                sc = S.Scene((S.Obj(colour, shape, 16, 32, S.EXTENT[size]),), position="left", size=None if size == "medium" else size)
+                comps = S.analyze(S.render(sc))
+                assert len(comps) == 1
+                assert (comps[0].colour, comps[0].shape) == (colour, shape)
+                assert "left" in S.position_of(comps[0].cx, comps[0].cy)
+                assert S.size_of(comps[0].extent) == size
+
+
+def test_checker_fails_wrong_images():
+    red_circle = S.Scene((S.Obj("red", "circle", 32, 32, 20),))
+    assert not S.check(S.render(S.Scene((S.Obj("blue", "circle", 32, 32, 20),))), red_circle)["colour_shape"]
+    assert not S.check(S.render(S.Scene((S.Obj("red", "square", 32, 32, 20),))), red_circle)["colour_shape"]
+    assert not S.check(np.full((64, 64, 3), 255, np.uint8), red_circle)["colour_shape"]
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert not S.check(noise, red_circle)["colour_shape"]
+    # right object, wrong place
+    left = S.Scene((S.Obj("red", "circle", 16, 32, 20),), position="left")
+    right_img = S.render(S.Scene((S.Obj("red", "circle", 48, 32, 20),), position="right"))
+    r = S.check(right_img, left)
+    assert r["colour_shape"] and not r["position"]
+    # two objects with the relation reversed, or a wrong shape
+    a, b = S.Obj("red", "circle", 16, 32, 20), S.Obj("blue", "square", 48, 32, 20)
+    want = S.Scene((a, b), relation="left_of")
+    swapped = S.render(S.Scene((S.Obj("red", "circle", 48, 32, 20), S.Obj("blue", "square", 16, 32, 20)), relation="right_of"))
+    r = S.check(swapped, want)
+    assert r["objects"] and not r["relation"]
+    assert all(S.check(S.render(want), want).values())
+    wrong = S.render(S.Scene((a, S.Obj("blue", "triangle", 48, 32, 20)), relation="left_of"))
+    assert not S.check(wrong, want)["objects"]
+    # an extra object makes a single-object image wrong
+    extra = S.render(S.Scene((S.Obj("red", "circle", 16, 32, 20), S.Obj("green", "square", 48, 32, 20)), relation="left_of"))
+    assert not S.check(extra, red_circle)["colour_shape"]
+
+
+def test_checker_tolerates_blur_and_upscaling():
+    from PIL import Image, ImageFilter
+
+    sc = S.Scene((S.Obj("purple", "triangle", 48, 32, 20),), position="right")
+    img = Image.fromarray(S.render(sc)).filter(ImageFilter.GaussianBlur(0.8))
+    assert all(S.check(np.asarray(img), sc).values())
+    big = np.asarray(Image.fromarray(S.render(sc)).resize((256, 256), Image.BICUBIC))
+    assert all(S.check(big, sc).values())
+
+
+def test_perturb_changes_what_the_checker_sees(train_data):
+    rng = np.random.default_rng(0)
+    for sc in train_data.scenes[:60]:
+        p = S.perturb(sc, rng)
+        assert S.canonical_caption(p) != S.canonical_caption(sc)
+
+
+def test_bad_arguments_fail_clearly():
+    with pytest.raises(ValueError, match="split"):
+        S.make_dataset(3, split="test")
+    with pytest.raises(ValueError, match="RGB"):
+        S.analyze(np.zeros((64, 64)))
+
+
+def test_bpe_tokenizers_round_trip(tmp_path, train_data):
+    from dalle_core.text import TextTokenizer, normalize_text
+    from dalle_core.train.tokenizer import (
+        save_clip_tokenizer,
+        train_bart_tokenizer,
+        train_clip_tokenizer,
+    )
+
+    bart = train_bart_tokenizer(train_data.captions, 1024, normalize=normalize_text)
+    assert [bart.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]
+    tok = TextTokenizer(bart, max_length=32)
+    tok.save(tmp_path / "dalle")
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        assert (tmp_path / "dalle" / name).exists()
+    loaded = TextTokenizer.from_folder(tmp_path / "dalle", max_length=32)
+    enc = loaded(["a red circle to the left of a blue square"])
+    ids = enc["input_ids"][0]
+    assert ids[0] == 0 and 2 in ids and ids.shape == (32,)
+    assert loaded.decode(ids).strip() == "a red circle to the left of a blue square"
+    # common words are single tokens
+    assert int(enc["attention_mask"].sum()) <= 12
+
+    clip = train_clip_tokenizer(train_data.captions, 1024)
+    save_clip_tokenizer(clip, tmp_path / "clip", 32)
+    from dalle_core.rank import load_clip_tokenizer
+
+    ct = load_clip_tokenizer(tmp_path / "clip", 32)
+    ids, mask = ct(["a red circle"])
+    eos = clip.token_to_id("<|endoftext|>")
+    assert eos == clip.get_vocab_size() - 1  # EOS is the highest id: CLIP pools there
+    assert ids[0, int(mask[0].sum()) - 1] == eos and ids.max() == eos

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level (at most)")
     parser.add_argument("--max-pending", type=int, default=16, help="queue bound (429 past it)")
     parser.add_argument("--max-batch", type=int, default=8, help="rows per sampling call")
+    parser.add_argument("--fixed-batch", action="store_true",
+                        help="pad every call to --max-batch rows (default: next power of two)")
     parser.add_argument("--size", default="256x256", choices=["256x256", "512x512", "1024x1024"])
     parser.add_argument("--json", action="store_true", help="also print one JSON line per level")
     args = parser.parse_args(argv)
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     levels = [int(x) for x in args.levels.split(",")]
     service = ServiceSettings.model_validate({
-        "queue": {"max_pending": args.max_pending, "max_batch": args.max_batch, "fixed_batch": True,
+        "queue": {"max_pending": args.max_pending, "max_batch": args.max_batch, "fixed_batch": args.fixed_batch,
                   "batch_wait_ms": 10, "request_timeout": 120},
     })
     t0 = time.perf_counter()
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(service, load_settings(), generator=generator, environ={"COVERCRAFT_API_KEYS": KEY},
                      warm_up=True)
     print(f"model {generator.info.name} ({generator.info.variant}); queue bound {args.max_pending}, "
-          f"batches of {args.max_batch} rows; size {args.size}", file=sys.stderr)
+          f"batches of up to {args.max_batch} rows ({'fixed' if args.fixed_batch else 'power-of-two'} "
+          f"padding); size {args.size}", file=sys.stderr)
     results = []
     with running(app) as srv:
         print(f"service up in {time.perf_counter() - t0:.1f}s at {srv.base_url}", file=sys.stderr)

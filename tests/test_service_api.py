@@ -157,7 +157,7 @@ def test_forced_tokens_keep_the_source_tokens(generator):
     from dalle_core.types import SamplingSettings
     from flows.service.batching import Job
 
-    engine = ImageEngine(generator, pad_to=4)  # the shape the service compiled
+    engine = ImageEngine(generator, max_batch=4, fixed=True)  # the shape the service compiled
     g, r = engine.grid, engine.resolution
     source = to_rgb_square(_photo((r, r), seed=4), r)
     keep = np.zeros((2, g, g), dtype=bool)

@@ -191,3 +191,57 @@ def test_edit_cells_mark_any_transparent_pixel_in_a_token_cell():
     wide = Image.new("RGBA", (96, 64), (0, 0, 0, 255))
     wide.paste((0, 0, 0, 0), (0, 0, 16, 64))  # outside the centred square: cropped away
     assert not edit_cells(transparent_pixels(wide), 8).any()
+
+
+# -- engine wiring (a recording stand-in for the generator) -------------------------------------------
+
+
+class RecordingGenerator:
+    """Records sampling calls; tokens encode (seed, row) so the test can see where rows went."""
+
+    class variant:  # noqa: N801 - mirrors Generator.variant's shape
+        class bart:  # noqa: N801
+            grid_size = 2
+
+        class vqgan:  # noqa: N801
+            resolution = 4
+
+    def __init__(self):
+        self.calls = []
+
+    def sample_tokens(self, prompts, n, seed, settings, negative_prompt=None, forced_tokens=None,
+                      forced_mask=None, progress=None):
+        self.calls.append((list(prompts), seed))
+        rows = np.arange(len(prompts), dtype=np.int32)[:, None, None, None]
+        return np.broadcast_to(rows + 100 * seed, (len(prompts), n, 2, 2)).copy()
+
+    def decode(self, tokens):
+        return np.zeros((*tokens.shape[:-2], 4, 4, 3), np.uint8)
+
+
+@pytest.mark.parametrize("fixed, padded", [(False, [4, 2]), (True, [4, 4])])
+def test_engine_splits_large_requests_and_pads_calls(fixed, padded):
+    from dalle_core.types import SamplingSettings
+    from flows.service.batching import Job
+    from flows.service.engine import ImageEngine, SampleWork
+
+    gen = RecordingGenerator()
+    engine = ImageEngine(gen, max_batch=4, fixed=fixed)
+    big = SampleWork(prompts=("p",) * 6, seed=5, settings=SamplingSettings())
+    (result,) = engine.run_batch([Job(big.batch_key(), big.rows, big, deadline=1e18)])
+    assert [len(prompts) for prompts, _ in gen.calls] == padded
+    assert [seed for _, seed in gen.calls] == [5, 6]  # one seed per call: no repeated noise
+    assert result.tokens[:, 0, 0].tolist() == [500, 501, 502, 503, 600, 601]
+    assert result.images.shape == (6, 4, 4, 3)
+    assert engine.shapes() == ([4] if fixed else [1, 2, 4])
+
+
+def test_seeded_requests_never_share_a_batch_unseeded_ones_do():
+    from dalle_core.types import SamplingSettings
+    from flows.service.engine import SampleWork
+
+    s = SamplingSettings()
+    a, b = SampleWork(("x",), 1, s), SampleWork(("y",), 1, s)
+    assert a.batch_key() != b.batch_key()
+    assert SampleWork(("x",), None, s).batch_key() == SampleWork(("y",), None, s).batch_key()
+    assert SampleWork(("x",), None, s).batch_key() != SampleWork(("x",), None, s, negative_prompt="z").batch_key()

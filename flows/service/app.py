@@ -69,7 +69,7 @@ def create_app(
 
             log.info("loading the model (%s)", settings.model.source)
             gen = await anyio.to_thread.run_sync(get_generator, settings.model)
-        engine = ImageEngine(gen, pad_to=service.queue.max_batch if service.queue.fixed_batch else None)
+        engine = ImageEngine(gen, service.queue.max_batch, fixed=service.queue.fixed_batch)
         if warm_up:
             log.info("compiling the sampling and decoding shapes")
             await anyio.to_thread.run_sync(engine.warm_up)

@@ -80,27 +80,38 @@ def _bucket(rows: int) -> int:
 class ImageEngine:
     """Holds the generator; runs batches on the queue's worker thread."""
 
-    def __init__(self, generator: Any, pad_to: int | None = None):
-        """pad_to: pad every batch to this many rows (one compiled shape); None pads to powers of two."""
+    def __init__(self, generator: Any, max_batch: int = 8, fixed: bool = False):
+        """max_batch: rows per sampling call (larger requests take several calls).
+
+        fixed: pad every call to ``max_batch`` rows (one compiled shape); otherwise pad to the
+        next power of two (less work at low load, one compiled shape per power of two).
+        """
         self.generator = generator
-        self.pad_to = pad_to
+        self.max_batch = max_batch
+        self.pad_to = max_batch if fixed else None
         self.grid = int(generator.variant.bart.grid_size)
         self.resolution = int(generator.variant.vqgan.resolution)
         self.padded_rows = 0  # rows sampled including padding (diagnostics)
 
+    def shapes(self) -> list[int]:
+        """Row counts a sampling call can have."""
+        if self.pad_to:
+            return [self.pad_to]
+        return [1 << k for k in range(_bucket(self.max_batch).bit_length())]
+
     def warm_up(self) -> None:
-        """Compile the sampling, forced sampling, encoding and decoding shapes before serving."""
+        """Compile every sampling, forced sampling and decoding shape, and encoding, before serving."""
         from dalle_core.types import SamplingSettings
 
-        rows = self.pad_to or 1
         settings = SamplingSettings()
-        tokens = np.asarray(self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings))[:, 0]
-        self.generator.decode(tokens)
-        # The forced-token path (variations, edits) is its own compiled program.
         codes = np.asarray(self.generator.encode(np.zeros((1, self.resolution, self.resolution, 3), np.uint8)))
-        keep = np.zeros((rows, self.grid, self.grid), dtype=bool)
-        self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings,
-                                     forced_tokens=np.repeat(codes, rows, axis=0), forced_mask=keep)
+        for rows in self.shapes():
+            tokens = np.asarray(self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings))[:, 0]
+            self.generator.decode(tokens)
+            # The forced-token path (variations, edits) is its own compiled program.
+            keep = np.zeros((rows, self.grid, self.grid), dtype=bool)
+            self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings,
+                                         forced_tokens=np.repeat(codes, rows, axis=0), forced_mask=keep)
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         first = jobs[0].payload
@@ -115,9 +126,9 @@ class ImageEngine:
         rows = len(prompts)
         seed = head.seed if head.seed is not None else random.SystemRandom().randrange(2**31)
         forced = self._forced(works) if head.source is not None else None
-        # With a fixed batch size, larger requests run as several calls of that size; each call
-        # gets its own seed (seed + call index) so repeated prompts do not repeat their noise.
-        step = self.pad_to or rows
+        # Requests larger than max_batch rows run as several calls; each call gets its own seed
+        # (seed + call index) so repeated prompts do not repeat their noise.
+        step = self.max_batch
         parts = []
         for k, lo in enumerate(range(0, rows, step)):
             hi = min(lo + step, rows)
@@ -137,7 +148,7 @@ class ImageEngine:
                      forced: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         """One sampling call, padded to the engine's shape; → int32 [len(prompts), g, g]."""
         rows = len(prompts)
-        padded = max(rows, self.pad_to) if self.pad_to else _bucket(rows)
+        padded = self.pad_to or _bucket(rows)
         extra = padded - rows
         # Padding rows repeat the last row and are dropped after sampling.
         prompts = prompts + [prompts[-1]] * extra

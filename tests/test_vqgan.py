@@ -12,7 +12,7 @@ import pytest
 from dalle_core.checkpoints import CheckpointError, flatten, read_msgpack, unflatten, write_msgpack
 from dalle_core.checkpoints.vqgan import load_vqgan, save_vqgan
 from dalle_core.config import VQGANConfig, get_variant
-from dalle_core.models.vqgan import VQModel, vqgan_param_shapes
+from dalle_core.models.vqgan import VQModel, init_vqgan_params, vqgan_param_shapes
 
 MICRO = VQGANConfig(
     ch=8,
@@ -262,3 +262,17 @@ def test_save_refuses_params_that_do_not_fit(tmp_path):
     with pytest.raises(CheckpointError, match="quantize/embedding/embedding"):
         save_vqgan(tmp_path, other, _random_params(MICRO))
     assert not (tmp_path / "flax_model.msgpack").exists()
+
+
+def test_init_is_deterministic_and_finite():
+    cfg = VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8,
+                      z_channels=4, embed_dim=4, n_embed=8, num_groups=4)
+    a = flatten(init_vqgan_params(cfg, jax.random.PRNGKey(3)))
+    b = flatten(init_vqgan_params(cfg, jax.random.key(3)))  # typed key, same seed
+    c = flatten(init_vqgan_params(cfg, jax.random.PRNGKey(4)))
+    assert set(a) == set(flatten(vqgan_param_shapes(cfg)))
+    k = "encoder/conv_in/kernel"
+    np.testing.assert_array_equal(a[k], b[k])
+    assert not np.allclose(a[k], c[k])
+    assert all(bool(jnp.isfinite(v).all()) for v in a.values())
+    assert float(jnp.std(a["quantize/embedding/embedding"])) > 0

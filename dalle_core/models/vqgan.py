@@ -13,6 +13,7 @@ sensitive to precision.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -308,10 +309,28 @@ class VQModel(nn.Module):
 
 
 def init_vqgan_params(cfg: VQGANConfig, rng: jax.Array, batch: int = 1) -> dict:
-    """Random parameters for ``cfg`` (tests, benchmarks, training from scratch)."""
+    """Random parameters for ``cfg`` (training from scratch, benchmarks); deterministic in ``rng``.
+
+    ``rng`` is any JAX key (raw ``PRNGKey`` or typed). One compiled init rather than hundreds of
+    eagerly dispatched ops, and with an ``rbg`` key derived from ``rng``: XLA compiles threefry's
+    unrolled rounds for every parameter shape, which makes this init ~3× slower to compile on CPU
+    (≈20 s vs ≈7 s for the tiny VQGAN); the distributions are the same.
+    """
     x = jnp.zeros((batch, cfg.resolution, cfg.resolution, cfg.in_channels), jnp.float32)
-    # One compiled init instead of hundreds of eagerly dispatched ops (seconds vs. a minute on CPU).
-    return jax.jit(VQModel(cfg).init)(rng, x)["params"]
+    return _jitted_init(cfg)(_rbg_key(rng), x)["params"]
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(cfg: VQGANConfig):
+    # cached per config so repeated inits (seeds, tests) compile once
+    return jax.jit(VQModel(cfg).init)
+
+
+def _rbg_key(rng: jax.Array) -> jax.Array:
+    data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    data = jnp.asarray(data, jnp.uint32).reshape(-1)
+    # rbg keys hold 4 words; pad a 2-word threefry key with its reversal (deterministic, distinct).
+    return jax.random.wrap_key_data(jnp.concatenate([data, data[::-1]])[:4], impl="rbg")
 
 
 def vqgan_param_shapes(cfg: VQGANConfig) -> dict:

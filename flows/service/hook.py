@@ -98,6 +98,7 @@ class PublishHook:
         self.state = state
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future] = {}
+        self._bytes = 0  # PNG bytes held by the cache
         self.generations = 0  # sync generations actually run (the cache saves the rest)
 
     # ---- validation
@@ -165,12 +166,14 @@ class PublishHook:
         return await anyio.to_thread.run_sync(self._response, cached, body.response_format, base_url, not fresh)
 
     def _remember(self, key: str, result: dict[str, Any]) -> None:
-        size = self.state.service.hook.cache_size
-        if size <= 0:
+        cfg = self.state.service.hook
+        if cfg.cache_size <= 0:
             return
         self._results[key] = result
-        while len(self._results) > size:
-            self._results.popitem(last=False)
+        self._bytes += sum(len(png) for png in result["pngs"].values())
+        while self._results and (len(self._results) > cfg.cache_size or self._bytes > cfg.cache_max_bytes):
+            _, old = self._results.popitem(last=False)
+            self._bytes -= sum(len(png) for png in old["pngs"].values())
 
     async def _generate(self, body: PublishRequest, key: str, platforms: dict[str, Any]) -> dict:
         from flows.pipeline import sampling_settings, text_stages

@@ -52,6 +52,7 @@ class HookSettings(_Section):
     deployment: str = "blog-to-images/covercraft"
     spool_dir: Path = Path("covercraft-hook-posts")
     cache_size: int = Field(256, ge=0)
+    cache_max_bytes: int = Field(256 * 2**20, ge=0)
     max_text_chars: int = Field(200_000, ge=100)
 
 

@@ -79,7 +79,7 @@ def main(argv=None) -> None:
             out_mp = first.image.shape[0] * first.image.shape[1] / 1e6
             label = first.method.replace("swinir:random-", "swinir-")
             print(
-                f"{label:<14}{f'{side}→{first.image.shape[0]}':>14}{compile_s:>11.2f}{per:>10.3f}{out_mp / per:>10.2f}",
+                f"{label:<14}{f'{side}→{first.image.shape[0]}':>14}{compile_s:>11.2f}{per:>10.3f}{out_mp / per:>10.3f}",
                 flush=True,
             )
     sys.stdout.flush()

@@ -60,14 +60,26 @@ def lanczos_upscale(image, scale: int = 4, sharpen: bool = True) -> np.ndarray:
 # Tiling helpers (pure numpy)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap``."""
-    if tile >= length:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+def tile_layout(length: int, max_tile: int, overlap: int, align: int = 1) -> tuple[int, list[int]]:
+    """Tile size and start offsets covering ``[0, length)`` with at least ``overlap`` between
+    neighbours, using as few tiles as ``max_tile`` allows, each as small as that count allows,
+    spread evenly (a 256-px side with 128-px tiles and 32 overlap takes three 112-px tiles rather
+    than three 128-px ones overlapping by up to 96).
+
+    Sizes and starts are multiples of ``align`` when ``length`` and ``max_tile`` are.
+    """
+    if length <= max_tile:
+        return length, [0]
+    n = -(-(length - overlap) // (max_tile - overlap))
+    while True:
+        size = -(-(length + (n - 1) * overlap) // n)
+        size = min(-(-size // align) * align, length)
+        starts = [int(round(i * (length - size) / (n - 1) / align)) * align for i in range(n)]
+        starts[-1] = length - size
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        if size - max(gaps) >= overlap:
+            return size, starts
+        n += 1
 
 
 def blend_ramp(size: int, fade_start: bool, fade_end: bool, overlap: int) -> np.ndarray:
@@ -168,8 +180,8 @@ class SwinIRUpscaler:
         if ph or pw:
             x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h0, w0) > 1 else "edge")
         hp, wp, _ = x.shape
-        th, tw = min(self.tile, hp), min(self.tile, wp)
-        ys, xs = tile_starts(hp, th, self.overlap), tile_starts(wp, tw, self.overlap)
+        th, ys = tile_layout(hp, self.tile, self.overlap, w)
+        tw, xs = tile_layout(wp, self.tile, self.overlap, w)
         if len(ys) == 1 and len(xs) == 1:
             return self.run_untiled(x[None])[0, : h0 * s, : w0 * s]
 

@@ -27,7 +27,7 @@ from dalle_core.upscale import (
     blend_ramp,
     lanczos_upscale,
     load_upscaler,
-    tile_starts,
+    tile_layout,
     upscale,
 )
 
@@ -83,7 +83,9 @@ def test_tiled_matches_untiled(upscaler, image):
     full = upscaler.run_untiled(image[None])[0]
     tiled = upscaler.run_tiled(image)
     assert tiled.shape == full.shape
-    assert len(tile_starts(28, 24, 16)) * len(tile_starts(36, 24, 16)) == 6  # really tiled
+    assert (
+        len(tile_layout(28, 24, 16, 4)[1]) * len(tile_layout(36, 24, 16, 4)[1]) == 6
+    )  # really tiled
     diff = np.abs(tiled - full)
     # Tiles see less context near their edges; the blend gives those pixels little or no weight.
     assert diff.mean() < 0.01 * full.std(), diff.mean()
@@ -99,11 +101,22 @@ def test_uint8_call_and_method(upscaler):
         upscale(img, upscaler, scale=2)
 
 
-def test_blend_weights_never_sum_to_zero():
-    for length, tile, overlap in [(28, 16, 8), (100, 32, 8), (33, 32, 4)]:
+def test_tile_layout_and_blend_weights():
+    assert tile_layout(256, 128, 32, 8) == (112, [0, 72, 144])  # evenly spread, no excess overlap
+    assert tile_layout(100, 128, 32, 4) == (100, [0])
+    for length, tile, overlap, align in [
+        (28, 24, 16, 4),
+        (100, 32, 8, 4),
+        (33, 32, 4, 1),
+        (1000, 128, 32, 8),
+    ]:
+        size, starts = tile_layout(length, tile, overlap, align)
+        assert size <= tile and starts[0] == 0 and starts[-1] + size == length
+        assert size % align == 0 and all(s % align == 0 for s in starts)
+        assert all(size - (b - a) >= overlap for a, b in zip(starts, starts[1:], strict=False))
         total = np.zeros(length)
-        for s in tile_starts(length, tile, overlap):
-            total[s : s + tile] += blend_ramp(tile, s > 0, s + tile < length, overlap)
+        for s in starts:
+            total[s : s + size] += blend_ramp(size, s > 0, s + size < length, overlap)
         assert total.min() > 0.2, (length, tile, overlap)
 
 

@@ -219,16 +219,17 @@ def settings_for_run(
 
 
 def _platform_names() -> tuple[str, ...]:
-    """Platform presets for the form: keys of configs/platforms.yaml (nlp's platform hints until it exists)."""
+    """Platform presets for the form: the ``presets`` of configs/platforms.yaml.
+
+    Read as YAML here rather than through dalle_core.cover.load_presets, which imports JAX: flow
+    runs on the task-worker route never need it. tests/test_deploy.py checks both agree.
+    """
     try:
         data = yaml.safe_load(resources.files("configs").joinpath("platforms.yaml").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return tuple(nlp_prompt.PLATFORM_CONTEXT)
-    data = data or {}
-    if isinstance(data, dict) and isinstance(data.get("presets"), dict):
-        data = data["presets"]  # dalle_core.cover's layout: defaults / outpaint / presets
-    table = data.get("platforms", data) if isinstance(data, dict) else {}
-    return tuple(table) or tuple(nlp_prompt.PLATFORM_CONTEXT)
+        data = None
+    table = data.get("presets") if isinstance(data, dict) else None
+    return tuple(table) if isinstance(table, dict) and table else tuple(nlp_prompt.PLATFORM_CONTEXT)
 
 
 # Literal choices become enums in the deployment's parameter schema: the UI form shows drop-downs.

@@ -66,7 +66,9 @@ def test_blog_form_schema(applied):
     seed = next(s for s in props["seed"]["anyOf"] if s.get("type") == "integer")
     assert seed["minimum"] == 0
     plat = next(s for s in props["platforms"]["anyOf"] if s.get("type") == "array")
-    assert "og" in plat["items"]["enum"]
+    from dalle_core.cover import load_presets
+
+    assert plat["items"]["enum"] == list(load_presets())
     assert next(s for s in props["upscale"]["anyOf"] if s.get("type")) == {"type": "boolean"}
     for name in ("source", "style", "candidates", "seed", "negative_words", "upscale", "platforms"):
         assert props[name].get("description"), f"{name} has no description for the UI form"

@@ -7,6 +7,8 @@ all wide presets use one wide canvas (outpainted to the widest one) and all tall
 canvas, each decoded and upscaled once.
 
 Presets live in ``configs/platforms.yaml`` (see there for the fields); ``load_presets`` reads it.
+Importing this module does not import JAX (flows list presets without loading models); the
+upscaler and the VQGAN load when ``render_platforms`` runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -32,7 +34,9 @@ from dalle_core.outpaint import (
     target_grid,
 )
 from dalle_core.types import SamplingSettings
-from dalle_core.upscale import SwinIRUpscaler, upscale
+
+if TYPE_CHECKING:
+    from dalle_core.upscale import SwinIRUpscaler
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +385,8 @@ def render_platforms(
     Returns {preset name: RGB PIL image of exactly width×height}. Each image's ``info`` records
     ``upscale_method``, ``token_grid`` ("rows x cols") and ``outpainted`` ("yes"/"no").
     """
+    from dalle_core.upscale import upscale
+
     preset_list = list(presets.values()) if isinstance(presets, Mapping) else list(presets)
     if not preset_list:
         raise ValueError("no platform presets selected")

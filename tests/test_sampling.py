@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,11 +145,15 @@ def test_forced_tokens_are_kept_and_fed_back():
         )
 
 
+# compiled once per chunk length (the step function and settings are fixed)
+_noise_steps = jax.jit(partial(sample_steps, _noise_step), static_argnums=1)
+
+
 def test_seed_determinism_and_chunking():
     def run(seed, chunks):
         state = init_state(jnp.int32(0), jax.random.PRNGKey(seed), B, L, 0)
         for n in chunks:
-            state = sample_steps(_noise_step, state, n, _settings())
+            state = _noise_steps(state, n, _settings())
         return np.asarray(state.tokens)
 
     a = run(0, [L])

@@ -276,3 +276,103 @@ def test_init_is_deterministic_and_finite():
     assert not np.allclose(a[k], c[k])
     assert all(bool(jnp.isfinite(v).all()) for v in a.values())
     assert float(jnp.std(a["quantize/embedding/embedding"])) > 0
+
+
+# ------------------------------------------------------ plain-numpy reference (taming's forward)
+
+
+def _np_conv(x, p, stride=1):
+    """NHWC conv with an HWIO kernel: 3×3 'same' (or stride 2 after a bottom/right pad), or 1×1."""
+    k, b = np.asarray(p["kernel"]), np.asarray(p["bias"])
+    kh = k.shape[0]
+    if stride == 2:
+        x = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    elif kh == 3:
+        x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h = (x.shape[1] - kh) // stride + 1
+    w = (x.shape[2] - kh) // stride + 1
+    out = np.zeros((x.shape[0], h, w, k.shape[-1]))
+    for i in range(kh):
+        for j in range(kh):
+            out += x[:, i : i + stride * h : stride, j : j + stride * w : stride] @ k[i, j]
+    return out + b
+
+
+def _np_gn(x, p, groups):
+    b, h, w, c = x.shape
+    g = x.reshape(b, h, w, groups, c // groups)
+    mu = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    g = (g - mu) / np.sqrt(var + 1e-6)
+    return g.reshape(x.shape) * np.asarray(p["scale"]) + np.asarray(p["bias"])
+
+
+def _swish(x):
+    return x / (1 + np.exp(-x))
+
+
+def _np_res(x, p, groups):
+    h = _np_conv(_swish(_np_gn(x, p["norm1"], groups)), p["conv1"])
+    h = _np_conv(_swish(_np_gn(h, p["norm2"], groups)), p["conv2"])
+    if "nin_shortcut" in p:
+        x = _np_conv(x, p["nin_shortcut"])
+    return x + h
+
+
+def _np_attn(x, p, groups):
+    b, hh, ww, c = x.shape
+    h = _np_gn(x, p["norm"], groups)
+    q, k, v = (_np_conv(h, p[n]).reshape(b, hh * ww, c) for n in "qkv")
+    s = q @ k.transpose(0, 2, 1) / np.sqrt(c)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    return x + _np_conv((s @ v).reshape(b, hh, ww, c), p["proj_out"])
+
+
+def _np_level(x, p, n_blocks, groups):
+    for j in range(n_blocks):
+        x = _np_res(x, p[f"block_{j}"], groups)
+        if f"attn_{j}" in p:  # taming: attn[j] right after block[j]
+            x = _np_attn(x, p[f"attn_{j}"], groups)
+    if "downsample" in p:
+        x = _np_conv(x, p["downsample"]["conv"], stride=2)
+    if "upsample" in p:
+        x = _np_conv(x.repeat(2, axis=1).repeat(2, axis=2), p["upsample"]["conv"])
+    return x
+
+
+def _np_mid(x, p, groups):
+    return _np_res(_np_attn(_np_res(x, p["block_1"], groups), p["attn_1"], groups), p["block_2"], groups)
+
+
+def np_encode_indices(params, cfg, pixels):
+    p, g = params["encoder"], cfg.num_groups
+    x = _np_conv(np.asarray(pixels, np.float64), p["conv_in"])
+    for i in range(len(cfg.ch_mult)):
+        x = _np_level(x, p[f"down_{i}"], cfg.num_res_blocks, g)
+    x = _np_conv(_swish(_np_gn(_np_mid(x, p["mid"], g), p["norm_out"], g)), p["conv_out"])
+    z = _np_conv(x, params["quant_conv"]).reshape(len(x), -1, cfg.embed_dim)
+    codes = np.asarray(params["quantize"]["embedding"]["embedding"])
+    return ((z[:, :, None] - codes[None, None]) ** 2).sum(-1).argmin(-1)
+
+
+def np_decode_code(params, cfg, indices):
+    p, g = params["decoder"], cfg.num_groups
+    side = int(np.sqrt(indices.shape[1]))
+    z = np.asarray(params["quantize"]["embedding"]["embedding"])[indices]
+    z = z.reshape(len(indices), side, side, -1)
+    x = _np_conv(_np_conv(z, params["post_quant_conv"]), p["conv_in"])
+    x = _np_mid(x, p["mid"], g)
+    for i in reversed(range(len(cfg.ch_mult))):
+        x = _np_level(x, p[f"up_{i}"], cfg.num_res_blocks + 1, g)
+    return _np_conv(_swish(_np_gn(x, p["norm_out"], g)), p["conv_out"])  # unclipped
+
+
+def test_matches_numpy_reference(params, pixels):
+    _, idx = _apply(MICRO, "encode")(params, pixels)
+    np.testing.assert_array_equal(np.asarray(idx), np_encode_indices(params, MICRO, pixels))
+    ref = np_decode_code(params, MICRO, np.asarray(idx))
+    assert ref.std() > 0.01  # an image-like output, not a constant
+    z_q = np.asarray(params["quantize"]["embedding"]["embedding"])[np.asarray(idx)].reshape(2, 8, 8, 4)
+    np.testing.assert_allclose(_apply(MICRO, "decode")(params, z_q), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_apply(MICRO, "decode_code")(params, idx), np.clip(ref, 0, 1), rtol=1e-4, atol=1e-5)

@@ -161,6 +161,20 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+# Training commands live in dalle_core.train; the CLI hands their arguments straight through.
+TRAIN_COMMANDS = {
+    "train-embedded": ("dalle_core.train.embedded", "train the embedded model from scratch (resumable)"),
+    "finetune": ("dalle_core.train.finetune", "fine-tune a DalleBart on your caption-image pairs"),
+    "eval": ("dalle_core.train.evaluate", "score a model on the held-out shapes prompts"),
+}
+
+
+def run_train_command(name: str, argv: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(TRAIN_COMMANDS[name][0]).main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covercraft",
@@ -187,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     styles = sub.add_parser("styles", help="list the style presets")
     styles.set_defaults(func=cmd_styles)
+    for name, (_, help_text) in TRAIN_COMMANDS.items():
+        train = sub.add_parser(name, help=help_text, add_help=False)
+        train.add_argument("args", nargs=argparse.REMAINDER, help=f"see covercraft {name} --help")
     from flows import deploy  # serve, worker, watch (Prefect deployments)
     deploy.register(sub)
     from flows.service.cli import register as register_api
@@ -195,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAIN_COMMANDS:  # their own parsers, --help included
+        return run_train_command(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

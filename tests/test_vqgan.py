@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -27,9 +28,10 @@ MICRO = VQGANConfig(
 )
 
 
-def _apply(cfg, method=None, **kw):
-    """A jitted ``VQModel(cfg).apply`` (one compile beats eager op-by-op dispatch on CPU)."""
-    fn = lambda p, x: VQModel(cfg).apply({"params": p}, x, method=method, **kw)  # noqa: E731
+@functools.cache
+def _apply(cfg, method=None):
+    """A jitted ``VQModel(cfg).apply`` (one compile beats eager op-by-op dispatch on CPU), shared by tests."""
+    fn = lambda p, x: VQModel(cfg).apply({"params": p}, x, method=method)  # noqa: E731
     return jax.jit(fn)
 
 

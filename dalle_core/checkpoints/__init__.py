@@ -19,6 +19,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 log = logging.getLogger(__name__)
 
 
+HUB_FILES = ["*.json", "*.msgpack", "*.safetensors", "*.txt"]
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
 
@@ -42,7 +45,8 @@ def resolve_source(source: str | os.PathLike, files: tuple[str, ...] = ("config.
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id=str(source))
+        # Only what our loaders read: hub repos also hold PyTorch/TF copies of the weights (GBs).
+        local = snapshot_download(repo_id=str(source), allow_patterns=HUB_FILES)
     except Exception as err:  # network errors, offline mode, unknown repo
         raise CheckpointError(
             f"could not download {source} from the Hugging Face hub ({type(err).__name__}: {err}); "

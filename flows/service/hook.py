@@ -242,7 +242,9 @@ class PublishHook:
         from nlp import extract, fetch
 
         if body.url:
-            article = fetch.fetch_article(body.url.strip(), fetch.FetchSettings(**settings.fetch.model_dump()))
+            # Callers of a public hook never get to read the server's files (SSRF checks stay on).
+            fetch_settings = fetch.FetchSettings(**settings.fetch.model_dump(), allow_files=False)
+            article = fetch.fetch_article(body.url.strip(), fetch_settings)
         else:
             article = extract.extract_markdown(body.text, source="hook")
         if body.title:

@@ -103,6 +103,7 @@ def test_same_post_twice_generates_once(sync_server):
     ({"url": "ftp://example.com/post"}, "url"),
     ({"text": POST, "style": "cubism"}, "style"),
     ({"text": POST, "mode": "later"}, "mode"),
+    ({"url": "http://127.0.0.1:9/internal-post"}, "url"),  # the fetcher's SSRF guard refuses loopback
 ])
 def test_bad_publish_requests_name_the_param(sync_server, body, param):
     resp = httpx.post(sync_server.base_url + "/v1/hooks/publish", json=body, headers=AUTH)

@@ -378,8 +378,16 @@ def shutdown(handles: dict[str, Any]) -> None:
 def serve(cfg: DeployConfig, config_file: str | None = None, start_worker: bool = True,
           limit: int | None = None) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM pause nothing: schedules stay on the server)."""
+    import signal
+
     import prefect
 
+    def _stop(signum, frame):
+        # SIGTERM (systemd, docker stop) takes the same clean path as Ctrl-C: the finally below
+        # stops the task worker and the file server.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     deployments = build_deployments(cfg, config_file)
     handles = prepare(cfg, config_file, start_worker)
     try:

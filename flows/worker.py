@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,10 +59,21 @@ def generation_slot() -> Iterator[None]:
 
 def call(task, *args: Any) -> Any:
     """Run a model task on the resident task worker, or inline, by ``route()``."""
-    if route() == "task-worker":
-        timeout = float(os.environ.get(RESULT_TIMEOUT_ENV, "7200"))
-        return task.delay(*args).result(timeout=timeout)
-    return task(*args)
+    if route() != "task-worker":
+        return task(*args)
+    deadline = time.monotonic() + float(os.environ.get(RESULT_TIMEOUT_ENV, "7200"))
+    future = task.delay(*args)
+    while True:
+        try:
+            return future.result(timeout=max(deadline - time.monotonic(), 1.0))
+        except RuntimeError as err:
+            # Prefect 3.8 race: right after .delay() the server may show the deferred task run
+            # with no state yet (its event-based recorder lags), and the future gives up at once
+            # with "has no state". The run exists and is being worked on: ask again.
+            if "has no state" not in str(err) or time.monotonic() > deadline:
+                raise
+            log.debug("task run %s has no state yet; waiting", future.task_run_id)
+            time.sleep(0.5)
 
 
 def model_tasks() -> list:

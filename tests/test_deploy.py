@@ -254,3 +254,46 @@ def test_prefect_yaml_and_k8s_template_are_consistent():
     assert set(re.findall(r"\{\{ (\w+) \}\}", text)) <= set(template["variables"]["properties"])
     container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+
+
+def test_task_worker_route_waits_through_the_no_state_race(monkeypatch):
+    """Prefect 3.8 can report a just-deferred task run as stateless; call() asks again, once it has one."""
+
+    class Future:
+        task_run_id = "t-1"
+
+        def __init__(self):
+            self.calls = 0
+
+        def result(self, timeout=None):
+            self.calls += 1
+            if self.calls < 3:
+                raise RuntimeError("Task run t-1 has no state which means it hasn't started yet.")
+            return ("tokens", "images")
+
+    class FakeTask:
+        def __init__(self):
+            self.future = Future()
+            self.args = None
+
+        def delay(self, *args):
+            self.args = args
+            return self.future
+
+        def __call__(self, *args):
+            raise AssertionError("the task-worker route must not run the task inline")
+
+    monkeypatch.setattr(worker.time, "sleep", lambda s: None)
+    monkeypatch.setenv(worker.ROUTE_ENV, "task-worker")
+    fake = FakeTask()
+    assert worker.call(fake, "prompt", 3) == ("tokens", "images")
+    assert fake.args == ("prompt", 3) and fake.future.calls == 3
+
+    class Broken(FakeTask):
+        def delay(self, *args):
+            future = Future()
+            future.result = lambda timeout=None: (_ for _ in ()).throw(RuntimeError("worker exploded"))
+            return future
+
+    with pytest.raises(RuntimeError, match="worker exploded"):
+        worker.call(Broken(), "prompt")

@@ -332,6 +332,13 @@ def _require_api() -> str:
     if not url:
         raise ConfigError("PREFECT_API_URL is not set; start `prefect server start` and "
                           "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (or point it at your server)")
+    import httpx
+
+    try:  # reachability only: a Prefect Cloud URL may answer 401 here without a key, that is fine
+        httpx.get(url.rstrip("/") + "/health", timeout=10)
+    except httpx.TransportError as err:
+        raise ConfigError(f"cannot reach the Prefect API at {url} ({type(err).__name__}); "
+                          "is `prefect server start` running, and is PREFECT_API_URL right?") from None
     return url
 
 
@@ -423,6 +430,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from flows.feed import watch_feed
 
     cfg = load_deploy_config(args.deploy_config)
+    _require_api()  # runs are created on the server that serves the blog-to-images deployment
     urls = list(args.feed or cfg.feeds.urls)
     if not urls:
         raise ConfigError("no feeds: pass --feed URL or set feeds.urls in the deploy config")

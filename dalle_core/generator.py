@@ -214,7 +214,7 @@ class Generator:
     @classmethod
     def random(cls, variant: str = "tiny", seed: int = 0, dtype: str | None = None) -> Generator:
         """Random weights (``info.random_init``) and a fallback tokenizer: for tests and smoke runs."""
-        from dalle_core.models.vqgan import init_vqgan_params
+        from dalle_core.models.vqgan import vqgan_param_shapes
 
         base = get_variant(variant)
         compute = _dtype(dtype or base.dtype)
@@ -223,7 +223,8 @@ class Generator:
         bart_params = jax.tree_util.tree_map(
             lambda x: x.astype(compute), init_params(base.bart, k_bart)
         )
-        vq_params = init_vqgan_params(base.vqgan, k_vq)
+        # drawn from the traced shapes (no compiled init): a random VQGAN is noise either way
+        vq_params = _fan_in_random(vqgan_param_shapes(base.vqgan), k_vq)
         tokenizer = build_fallback_tokenizer(
             min(base.bart.text_vocab_size, 1024), max_length=base.bart.max_text_length
         )
@@ -512,6 +513,24 @@ class Generator:
                 cands.sort(key=lambda c: -c.score)
             out.append(cands)
         return out
+
+
+def _fan_in_random(shapes, rng: jax.Array) -> dict:
+    """Random params for a shape tree: kernels/embeddings ~ N(0, 1/fan_in), scales 1, biases 0."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    seed = np.asarray(jax.random.key_data(rng)).astype(np.uint32)
+    gen = np.random.default_rng(seed)
+    out = []
+    for path, leaf in leaves:
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            out.append(jnp.ones(leaf.shape, jnp.float32))
+        elif name.endswith("['bias']") or len(leaf.shape) < 2:
+            out.append(jnp.zeros(leaf.shape, jnp.float32))
+        else:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            out.append(jnp.asarray(gen.standard_normal(leaf.shape, np.float32) / np.sqrt(fan_in)))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _batched(fn, params, x: np.ndarray) -> np.ndarray:

@@ -273,3 +273,13 @@ def test_bad_inputs(gen, tmp_path):
         gen.sample_tokens(PROMPTS, n=0, seed=0)
     with pytest.raises(CheckpointError, match="missing subfolder"):
         Generator.from_folder(tmp_path)
+
+
+def test_random_init_generator():
+    from dalle_core.config import get_variant
+
+    g = Generator.random("tiny", seed=1)
+    assert g.info.random_init and g.info.checkpoint == "random-init" and g.info.variant == "tiny"
+    assert g.variant.bart == get_variant("tiny").bart and not g.has_clip
+    assert g.tokenizer.max_length == g.variant.bart.max_text_length
+    assert g.tokenizer.vocab_size <= g.variant.bart.text_vocab_size

@@ -1,9 +1,10 @@
 """The publishing hook: sync (per-platform images from a post, cached by content) and async
 (the ``blog-to-images`` deployment started on the Prefect test server, idempotently).
 
-The async test registers a real deployment on ``prefect_test_harness`` and checks the flow run the
-hook creates (parameters, idempotency, status endpoint); no worker executes it, so the run stays
-SCHEDULED — running the model in a worker process would cost a second JAX compile.
+The async test registers a real deployment on ``prefect_test_harness``, checks the flow run the
+hook creates (parameters, idempotency, status endpoint while SCHEDULED), then plays the worker:
+it executes that flow run in this process (``prefect.flow_engine.run_flow``, sharing the loaded
+model) and polls the hook's status endpoint until it says COMPLETED.
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ def test_async_starts_the_deployment_once_per_post(prefect_server, generator, tm
 
     from flows.pipeline import blog_to_images
 
-    deployment = blog_to_images.to_deployment(name="covercraft-hook-test")
+    # The deployment's own parameters keep the run small and on the shared random-init model.
+    overrides = {"model": {"source": "random-tiny"}, "sampling": {"candidates": 2},
+                 "output": {"dir": str(tmp_path / "out")}}
+    deployment = blog_to_images.to_deployment(name="covercraft-hook-test", parameters={"overrides": overrides})
     deployment.apply()
     app = _app(generator, tmp_path, deployment="blog-to-images/covercraft-hook-test")
     body = {"text": POST, "title": "Remote rituals", "platforms": ["linkedin", "x", "instagram"], "style": "watercolor",
@@ -151,6 +155,17 @@ def test_async_starts_the_deployment_once_per_post(prefect_server, generator, tm
     assert params["platforms"] == ["linkedin", "x", "instagram-square"] and params["style"] == "watercolor"
     spooled = Path(params["source"]).read_text(encoding="utf-8")
     assert spooled.startswith('---\ntitle: "Remote rituals"\n---') and POST in spooled
+
+    # Play the worker: execute that flow run in this process, then poll it through the hook.
+    from prefect.flow_engine import run_flow
+
+    state = run_flow(blog_to_images, flow_run=run, parameters=params, return_type="state")
+    assert state.is_completed(), state.message
+    manifest = state.result()
+    assert manifest["title"] == "Remote rituals" and Path(manifest["output_dir"]).is_dir()
+    with running(app) as srv:
+        status = httpx.get(srv.base_url + f"/v1/hooks/publish/{run_id}", headers=AUTH, timeout=60).json()
+    assert status["status"] == "COMPLETED"
 
 
 def test_async_with_an_unknown_deployment_is_a_clear_error(prefect_server, generator, tmp_path):

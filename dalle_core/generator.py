@@ -38,7 +38,7 @@ from dalle_core.sampling import (
     sample_steps,
     super_condition,
 )
-from dalle_core.text import TextTokenizer, build_fallback_tokenizer
+from dalle_core.text import SPECIAL_TOKENS, TextTokenizer, build_fallback_tokenizer
 from dalle_core.types import Candidate, ModelInfo, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,12 @@ class Generator:
         self.tokenizer = tokenizer
         self._clip = clip
         cfg = variant.bart
-        if tokenizer.vocab_size > cfg.text_vocab_size:
+        # mini's embedding has 50264 rows while BART's tokenizer also holds <mask> (id 50264); a
+        # special token that normalized text never produces may stick out, nothing else may
+        beyond = [
+            tokenizer.id_to_token(i) for i in range(cfg.text_vocab_size, tokenizer.vocab_size)
+        ]
+        if any(t not in SPECIAL_TOKENS for t in beyond):
             raise CheckpointError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but DalleBart's text embedding has "
                 f"{cfg.text_vocab_size} rows; use the tokenizer saved with this checkpoint"

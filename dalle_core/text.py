@@ -284,6 +284,9 @@ class TextTokenizer:
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int32).reshape(ids.shape)
         return {"input_ids": ids, "attention_mask": mask}
 
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(int(i))
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(map(int, ids)), skip_special_tokens=True)
 

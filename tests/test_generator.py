@@ -283,3 +283,11 @@ def test_random_init_generator():
     assert g.variant.bart == get_variant("tiny").bart and not g.has_clip
     assert g.tokenizer.max_length == g.variant.bart.max_text_length
     assert g.tokenizer.vocab_size <= g.variant.bart.text_vocab_size
+
+
+def test_tokenizer_must_fit_the_embedding(gen):
+    from dalle_core.config import replace
+
+    small = replace(gen.variant, bart=replace(BART, text_vocab_size=gen.tokenizer.vocab_size - 1))
+    with pytest.raises(CheckpointError, match="tokenizer has"):
+        Generator(small, gen._bart_params, gen._vqgan_params, gen.tokenizer, gen.info)

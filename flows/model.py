@@ -61,3 +61,18 @@ def get_generator(settings: ModelSettings):
             gen = load_generator(settings)
             _cache[settings] = gen
         return gen
+
+
+_upscalers: dict[str | None, object] = {}
+
+
+def get_upscaler(source: str | None):
+    """The process-wide SwinIR upscaler for ``source`` (None: the Lanczos fallback, no model)."""
+    if source is None:
+        return None
+    with _lock:
+        if source not in _upscalers:
+            from dalle_core.upscale import SwinIRUpscaler
+
+            _upscalers[source] = SwinIRUpscaler.from_pretrained(source)
+        return _upscalers[source]

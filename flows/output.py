@@ -104,10 +104,13 @@ def _display(img: Image.Image) -> tuple[Image.Image, str]:
 
 
 def write_result(out_dir: Path, manifest: dict, tokens: np.ndarray, images: np.ndarray,
-                 scores: list[float] | None, upscale: bool = False) -> Path:
-    """Write candidates, cover and manifest; return the finished folder.
+                 scores: list[float] | None, cover: tuple[np.ndarray, str] | None = None,
+                 platforms: dict[str, tuple[np.ndarray, dict]] | None = None) -> Path:
+    """Write candidates, cover, platform images and manifest; return the finished folder.
 
     tokens: int32 [n, g, g]; images: uint8 [n, H, W, 3]; scores: one CLIP score per image or None.
+    cover: the upscaled best image and the method that made it (None: resize for display).
+    platforms: {preset name: (uint8 image, info)} written as ``<name>.png``.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -130,13 +133,18 @@ def write_result(out_dir: Path, manifest: dict, tokens: np.ndarray, images: np.n
                 "tokens": np.asarray(tokens[i]).tolist(),
             })
         best = Image.fromarray(images[order[0]])
-        cover, method = _upscaled(best) if upscale else _display(best)
-        cover.save(tmp / "cover.png")
+        cover_img, method = (Image.fromarray(cover[0]), cover[1]) if cover else _display(best)
+        cover_img.save(tmp / "cover.png")
         manifest = dict(manifest)
+        manifest["platforms"] = {}
+        for name, (pixels, info) in (platforms or {}).items():
+            Image.fromarray(pixels).save(tmp / f"{name}.png")
+            manifest["platforms"][name] = {"file": f"{name}.png", "size": [pixels.shape[1], pixels.shape[0]],
+                                           **{k: v for k, v in info.items() if isinstance(v, str | int | float)}}
         manifest["ranking"] = "clip" if scores is not None else "none (model has no CLIP)"
         manifest["candidates"] = candidates
         manifest["cover"] = {"file": "cover.png", "from": candidates[0]["file"],
-                             "size": list(cover.size), "resize": method}
+                             "size": list(cover_img.size), "resize": method}
         manifest["timings"] = dict(manifest["timings"], finish=round(time.perf_counter() - start, 3))
         (tmp / MANIFEST).write_text(json.dumps(_plain(manifest), indent=2), encoding="utf-8")
         tmp.chmod(0o755)
@@ -146,13 +154,6 @@ def write_result(out_dir: Path, manifest: dict, tokens: np.ndarray, images: np.n
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _upscaled(img: Image.Image) -> tuple[Image.Image, str]:
-    from dalle_core.upscale import upscale as upscale_image
-
-    result, method = upscale_image(img)
-    return result, method
 
 
 def read_manifest(folder: Path) -> dict:

@@ -23,12 +23,13 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from flows import artifacts, output, worker
-from flows.model import get_generator
+from flows.model import get_generator, get_upscaler
 from flows.progress import progress_for
 from flows.settings import (
     FetchConfig,
     LLMConfig,
     ModelSettings,
+    OutputSettings,
     PromptConfig,
     SamplingConfig,
     Settings,
@@ -179,6 +180,39 @@ def rank_images(prompt_text: str, images: np.ndarray, model: ModelSettings) -> l
     return None if scores is None else [float(s) for s in scores[0]]
 
 
+@task(name="render")
+def render_outputs(tokens, image, prompt_text: str, negative: str, title: str, model: ModelSettings,
+                   sampling: SamplingConfig, cfg: OutputSettings) -> dict[str, Any]:
+    """The cover-ready images from the best candidate.
+
+    tokens: int32 [g, g]; image: uint8 [H, W, 3]. Returns {"cover": (uint8 image, method) or None,
+    "platforms": {name: (uint8 image, info dict)}} — arrays, so it crosses the task-worker boundary.
+    """
+    out: dict[str, Any] = {"cover": None, "platforms": {}}
+    upscaler = get_upscaler(cfg.upscaler) if (cfg.upscale or cfg.platforms) else None
+    if cfg.upscale:
+        from dalle_core.upscale import upscale
+
+        up = upscale(image, upscaler)
+        out["cover"] = (up.image, up.method)
+    if cfg.platforms:
+        from dalle_core import cover
+
+        platforms = cover.load_platforms()
+        presets = cover.select_presets(cfg.platforms, platforms.presets)
+        images = cover.render_platforms(
+            get_generator(model), tokens, presets, prompt=prompt_text, seed=sampling.seed,
+            settings=sampling_settings(sampling), negative_prompt=negative or None, upscaler=upscaler,
+            title=title if cfg.title_overlay else None, outpaint=platforms.outpaint,
+        )
+        out["platforms"] = {name: (np.asarray(img), dict(img.info)) for name, img in images.items()}
+    get_run_logger().info(
+        "cover: %s; platforms: %s", out["cover"][1] if out["cover"] else "display resize",
+        ", ".join(out["platforms"]) or "none",
+    )
+    return out
+
+
 @task(name="model-info")
 def describe_model(model: ModelSettings) -> dict[str, Any]:
     """The manifest's model section, from the process that holds the model."""
@@ -186,8 +220,9 @@ def describe_model(model: ModelSettings) -> dict[str, Any]:
 
 
 @task(name="finish")
-def finish(manifest: dict[str, Any], tokens, images, scores, out_dir: Path, upscale: bool) -> Path:
-    folder = output.write_result(out_dir, manifest, tokens, images, scores, upscale=upscale)
+def finish(manifest: dict[str, Any], tokens, images, scores, out_dir: Path, rendered: dict[str, Any]) -> Path:
+    folder = output.write_result(out_dir, manifest, tokens, images, scores,
+                                 cover=rendered["cover"], platforms=rendered["platforms"])
     get_run_logger().info("wrote %s", folder)
     return folder
 
@@ -297,6 +332,11 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
     )
     scores = timed("rank", worker.call, rank_images, prompt.text, images, settings.model)
 
+    best = int(np.argmax(scores)) if scores is not None else 0
+    rendered = timed(
+        "render", worker.call, render_outputs, tokens[best], images[best], prompt.text, prompt.negative,
+        article.title, settings.model, settings.sampling, settings.output,
+    )
     manifest = output.build_manifest(
         source=source,
         article=article,
@@ -308,7 +348,7 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
         sampling=settings.sampling.model_dump(),
         timings=timings,
     )
-    folder = finish(manifest, tokens, images, scores, settings.output.dir, settings.output.upscale)
+    folder = finish(manifest, tokens, images, scores, settings.output.dir, rendered)
     manifest = output.read_manifest(folder)
     manifest["output_dir"] = str(folder)
     artifacts.publish_run(manifest, folder)

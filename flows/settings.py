@@ -79,7 +79,9 @@ class PromptConfig(_Section):
 class OutputSettings(_Section):
     dir: Path = Path("covercraft-output")
     upscale: bool = False
+    upscaler: str | None = None
     platforms: list[str] = []
+    title_overlay: bool = False
 
 
 class Settings(_Section):

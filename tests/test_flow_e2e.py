@@ -40,7 +40,7 @@ def test_manifest_records_every_stage(manifest):
     assert manifest["prompt"] and isinstance(manifest["negative_prompt"], str)
     assert set(manifest["model"]) >= {"name", "checkpoint", "random_init"}
     assert manifest["seed"] == 1 and manifest["sampling"]["candidates"] == 3
-    assert set(manifest["timings"]) == {"fetch", "chunk", "topics", "combine", "prompt", "generate", "rank", "finish"}
+    assert set(manifest["timings"]) == {"fetch", "chunk", "topics", "combine", "prompt", "generate", "rank", "render", "finish"}
     assert len(manifest["candidates"]) == 3
 
 
@@ -64,3 +64,17 @@ def test_same_seed_same_images(manifest, tmp_path):
 
     again = blog_to_images(str(EXAMPLE), candidates=3, seed=1, overrides={"output": {"dir": str(tmp_path)}})
     assert [c["tokens"] for c in again["candidates"]] == [c["tokens"] for c in manifest["candidates"]]
+
+
+def test_upscaled_cover_and_platform_images(prefect_server, tmp_path):
+    from flows.pipeline import blog_to_images
+
+    m = blog_to_images(str(EXAMPLE), candidates=1, seed=2, upscale=True, platforms=["blog", "instagram-square"],
+                       overrides={"output": {"dir": str(tmp_path)}})
+    folder = Path(m["output_dir"])
+    assert m["cover"]["resize"] == "lanczos"  # no SwinIR weights configured: the classical fallback
+    native = Image.open(folder / m["candidates"][0]["file"]).size
+    assert Image.open(folder / "cover.png").size == (native[0] * 4, native[1] * 4)
+    assert Image.open(folder / "blog.png").size == (1200, 630)
+    assert Image.open(folder / "instagram-square.png").size == (1080, 1080)
+    assert m["platforms"]["blog"]["size"] == [1200, 630]

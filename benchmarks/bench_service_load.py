@@ -80,8 +80,9 @@ def run_level(base_url: str, clients: int, total: int, time_limit: float, size: 
                         level.refused += 1
                     else:
                         level.failures.append(f"unclean 429: {err.response.headers} {err.body}")
-                # A polite client waits a little before its next request.
-                time.sleep(0.05)
+                # A polite client honours Retry-After (capped so a level stays short).
+                retry = err.response.headers.get("retry-after", "1")
+                time.sleep(min(float(retry) if retry.isdigit() else 1.0, 2.0))
             except Exception as err:  # noqa: BLE001 - every other outcome is a failure
                 with lock:
                     level.failures.append(f"{type(err).__name__}: {err}")

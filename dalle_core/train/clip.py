@@ -1,0 +1,156 @@
+"""Train a CLIP on (caption, image) pairs with the symmetric contrastive loss; resumable.
+
+Images go through ``rank.clip_preprocess`` — the exact preprocessing used when CLIP ranks
+candidates. Besides the in-batch negatives, each image can bring one hard-negative caption (the
+same scene with one scored attribute changed: a colour, a shape, the position or the relation),
+so the model learns the distinctions re-ranking needs, not just "which colours are present".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dalle_core.config import CLIPConfig
+from dalle_core.models.clip import CLIPModel, init_clip_params
+from dalle_core.rank import clip_preprocess
+from dalle_core.train.loop import Progress, load_state, param_count, save_state, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CLIPTrainConfig:
+    """Hyper-parameters of a CLIP run (``hard_negatives``: add one perturbed caption per image)."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.05
+    hard_negatives: bool = True
+    ckpt_every: int = 200
+    log_every: int = 25
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> CLIPTrainConfig:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown CLIP training key(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+def clip_loss(params, cfg: CLIPConfig, ids, mask, images_uint8):
+    """Contrastive loss. ids/mask int32 [T, L] with T >= B (texts beyond B are extra negatives);
+    images uint8 [B, H, W, 3], image i matches text i."""
+    b = images_uint8.shape[0]
+    pixels = clip_preprocess(images_uint8, cfg)
+    logits = CLIPModel(cfg).apply({"params": params}, ids, mask, pixels)  # [B, T]
+    labels = jnp.arange(b)
+    i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits[:, :b].T, labels).mean()
+    acc = (logits.argmax(-1) == labels).mean()
+    return (i2t + t2i) / 2, {"loss": (i2t + t2i) / 2, "acc": acc}
+
+
+def make_train_step(cfg: CLIPConfig, opt: optax.GradientTransformation):
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, ids, mask, images):
+        (_, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, cfg, ids, mask, images)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        # CLIP clamps the temperature at 100 (logit_scale = ln 100)
+        params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, 4.6052)}
+        return params, opt_state, metrics
+
+    return step
+
+
+def train_clip(
+    cfg: CLIPConfig,
+    images: np.ndarray,
+    caption_fn,
+    tokenizer,
+    run_dir: str | os.PathLike,
+    tcfg: CLIPTrainConfig = CLIPTrainConfig(),
+    resume: bool = True,
+) -> dict:
+    """Train on uint8 images [N, H, W, 3].
+
+    caption_fn(indices int [B], rng) → (captions [B], negative captions [B] or None): fresh
+    wordings each step. tokenizer: ``rank.ClipTokenizer`` (texts → ids, mask [B, L]).
+    """
+    images = np.asarray(images)
+    if len(images) == 0:
+        raise ValueError("no training images")
+    run_dir = Path(run_dir)
+    params = init_clip_params(cfg, jax.random.PRNGKey(tcfg.seed))
+    sched = warmup_cosine(tcfg.lr, tcfg.steps, tcfg.warmup)
+    decay = jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=tcfg.weight_decay, mask=decay))
+    state = {"params": params, "opt_state": opt.init(params), "step": 0}
+    if resume:
+        loaded = load_state(run_dir, state)
+        if loaded is not None:
+            state = loaded
+            log.info("clip: resuming %s at step %d", run_dir, int(state["step"]))
+    params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
+    log.info("clip: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
+    step_fn = make_train_step(cfg, opt)
+    progress = Progress("clip", tcfg.steps, run_dir, tcfg.log_every, start)
+    for step in range(start, tcfg.steps):
+        rng = np.random.default_rng([tcfg.seed, step])  # batches depend only on (seed, step)
+        idx = rng.integers(len(images), size=tcfg.batch_size)
+        caps, negs = caption_fn(idx, rng)
+        texts = list(caps) + (list(negs) if tcfg.hard_negatives and negs is not None else [])
+        ids, mask = tokenizer(texts)
+        params, opt_state, metrics = step_fn(params, opt_state, ids, mask, images[idx])
+        progress.update(step + 1, jax.device_get(metrics))
+        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
+            save_state(run_dir, {"params": params, "opt_state": opt_state, "step": step + 1})
+    return jax.device_get(params)
+
+
+def shapes_caption_fn(scenes):
+    """caption_fn for the shapes domain: a random wording and a hard negative per scene."""
+    from dalle_core.train import shapes
+
+    def fn(idx, rng):
+        caps = [shapes.caption(scenes[i], rng) for i in idx]
+        negs = [shapes.caption(shapes.perturb(scenes[i], rng), rng) for i in idx]
+        return caps, negs
+
+    return fn
+
+
+def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
+    """The ``clip`` stage of ``train_embedded``: renders + captions → ``out/model/clip``."""
+    import shutil
+
+    from dalle_core.checkpoints.clip import save_clip
+    from dalle_core.rank import load_clip_tokenizer
+    from dalle_core.train.embedded import _load_data
+
+    folder = out / "model" / "clip"
+    if resume and (folder / "model.safetensors").exists():
+        log.info("clip: already exported")
+        return folder
+    cfg = variant.clip
+    tokenizer = load_clip_tokenizer(out / "tokenizer" / "clip", cfg.text.max_position_embeddings)
+    train = _load_data(out, "train")
+    tcfg = CLIPTrainConfig.from_dict(ecfg.clip)
+    params = train_clip(cfg, train.images, shapes_caption_fn(train.scenes), tokenizer, out / "clip_run", tcfg, resume=resume)
+    save_clip(folder, cfg, params)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"):
+        shutil.copy(out / "tokenizer" / "clip" / name, folder / name)
+    return folder

@@ -1,0 +1,230 @@
+"""Reproduce the embedded model from scratch: dataset → tokenizers → VQGAN → tokens → DalleBart, CLIP.
+
+One command, resumable: every stage writes its result into ``out_dir`` and a finished stage is
+skipped when the command runs again (``resume=True``); the VQGAN, DalleBart and CLIP stages also
+resume mid-run from their last checkpoint. The wall time of each stage is recorded in
+``out_dir/timings.json``. The final model lands in ``out_dir/model/{dalle,vqgan,clip}`` in the
+published layouts (what ``Generator.from_folder`` loads and what ships in
+``dalle_core/embedded``).
+
+    python -m dalle_core.train.embedded runs/embedded          # everything
+    python -m dalle_core.train.embedded runs/embedded --stages vqgan,tokens
+    python -m dalle_core.train.embedded runs/embedded --config configs/embedded.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dalle_core.config import get_variant
+from dalle_core.train import shapes
+from dalle_core.train.vqgan import VQGANTrainConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("data", "tokenizer", "vqgan", "tokens", "bart", "clip", "export")
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """Everything ``train_embedded`` does, sized to train on 2 shared CPU cores in about an hour.
+
+    variant: the ``VARIANTS`` entry whose sizes the three models use.
+    train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
+    captions_per_image: caption wordings drawn per training scene for DalleBart and CLIP.
+    """
+
+    variant: str = "tiny"
+    seed: int = 0
+    train_images: int = 16000
+    heldout_images: int = 400
+    captions_per_image: int = 4
+    vqgan: VQGANTrainConfig = VQGANTrainConfig(
+        steps=1500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, restart_every=25, ckpt_every=50
+    )
+    bart: dict = field(default_factory=lambda: {"steps": 1500, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
+    clip: dict = field(default_factory=lambda: {"steps": 500, "batch_size": 32, "lr": 1e-3})  # CLIPTrainConfig fields
+
+
+def load_config(path: str | os.PathLike | None, **overrides) -> EmbeddedConfig:
+    """An ``EmbeddedConfig`` from a YAML preset (keys as the dataclass fields) plus overrides."""
+    raw: dict = {}
+    if path:
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of EmbeddedConfig fields")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(EmbeddedConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"unknown embedded-training key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if isinstance(raw.get("vqgan"), dict):
+        raw["vqgan"] = VQGANTrainConfig(**raw["vqgan"])
+    return EmbeddedConfig(**raw)
+
+
+class _Timings:
+    """Seconds per stage in ``timings.json``, summed over resumed runs (re-read on every write,
+    so stages run by separate processes do not overwrite each other)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def record(self, stage: str, seconds: float) -> None:
+        import jax
+
+        data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        prev = data.get(stage, {}).get("seconds", 0.0)
+        data[stage] = {"seconds": round(prev + seconds, 1), "device": jax.devices()[0].platform}
+        self.path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _load_data(out: Path, split: str) -> shapes.ShapesData:
+    images = np.load(out / f"{split}.npz")["images"]
+    rows = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+    return shapes.ShapesData(images, [r["caption"] for r in rows], [shapes.Scene.from_dict(r["scene"]) for r in rows])
+
+
+def train_embedded(
+    out_dir: str | os.PathLike,
+    config: str | os.PathLike | EmbeddedConfig | None = None,
+    stages: Sequence[str] | str | None = None,
+    resume: bool = True,
+) -> Path:
+    """Run the stages (all by default) into ``out_dir``; returns ``out_dir/model``."""
+    cfg = config if isinstance(config, EmbeddedConfig) else load_config(config)
+    if isinstance(stages, str):
+        stages = [s.strip() for s in stages.split(",") if s.strip()]
+    stages = list(stages or STAGES)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {', '.join(bad)}; stages are {', '.join(STAGES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    variant = get_variant(cfg.variant)
+    timings = _Timings(out / "timings.json")
+    model_dir = out / "model"
+
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        t0 = time.time()
+        log.info("stage %s", stage)
+        if stage == "data":
+            if resume and (out / "train.npz").exists() and (out / "heldout.npz").exists():
+                log.info("data: already there")
+                continue
+            for split, n in (("train", cfg.train_images), ("heldout", cfg.heldout_images)):
+                data = shapes.make_dataset(n, seed=cfg.seed, split=split)
+                shapes.save_dataset(out / f"{split}.npz", data)
+        elif stage == "tokenizer":
+            _stage_tokenizer(out, cfg, variant, resume)
+        elif stage == "vqgan":
+            from dalle_core.checkpoints.vqgan import save_vqgan
+            from dalle_core.train.vqgan import reconstruction_report, train_vqgan
+
+            if resume and (model_dir / "vqgan" / "flax_model.msgpack").exists():
+                log.info("vqgan: already exported")
+                continue
+            train = _load_data(out, "train")
+            params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume)
+            held = _load_data(out, "heldout")
+            report = reconstruction_report(variant.vqgan, params, held.images, held.scenes)
+            log.info("vqgan reconstruction, pixel checker on held-out renders: %s", report)
+            (out / "vqgan_report.json").write_text(json.dumps(report, indent=2) + "\n")
+            save_vqgan(model_dir / "vqgan", variant.vqgan, params)
+        elif stage == "tokens":
+            from dalle_core.checkpoints.vqgan import load_vqgan
+            from dalle_core.train.vqgan import encode_images
+
+            if resume and (out / "tokens.npz").exists():
+                continue
+            vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
+            train = _load_data(out, "train")
+            codes = encode_images(vq_cfg, vq_params, train.images)
+            np.savez_compressed(out / "tokens.npz", codes=codes)
+            log.info("tokens: %d images, %d distinct codes used", len(codes), len(np.unique(codes)))
+        elif stage == "bart":
+            from dalle_core.train.bart import train_embedded_bart
+
+            train_embedded_bart(out, cfg, variant, resume=resume)
+        elif stage == "clip":
+            from dalle_core.train.clip import train_embedded_clip
+
+            train_embedded_clip(out, cfg, variant, resume=resume)
+        elif stage == "export":
+            _stage_export(out, model_dir)
+        timings.record(stage, time.time() - t0)
+        log.info("stage %s done in %.0fs", stage, time.time() - t0)
+    return model_dir
+
+
+def _all_captions(out: Path, cfg: EmbeddedConfig) -> list[list[str]]:
+    """``captions_per_image`` wordings of every training scene (the first is the stored one)."""
+    path = out / "captions.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    train = _load_data(out, "train")
+    extra = [shapes.recaption(train.scenes, seed=cfg.seed * 1000 + k) for k in range(1, cfg.captions_per_image)]
+    caps = [[c, *(e[i] for e in extra)] for i, c in enumerate(train.captions)]
+    path.write_text(json.dumps(caps))
+    return caps
+
+
+def _stage_tokenizer(out: Path, cfg: EmbeddedConfig, variant, resume: bool) -> None:
+    from dalle_core.text import TextTokenizer, normalize_text
+    from dalle_core.train.tokenizer import (
+        save_clip_tokenizer,
+        train_bart_tokenizer,
+        train_clip_tokenizer,
+    )
+
+    tok_dir = out / "tokenizer"
+    if resume and (tok_dir / "dalle" / "tokenizer.json").exists() and (tok_dir / "clip" / "tokenizer.json").exists():
+        return
+    texts = [c for caps in _all_captions(out, cfg) for c in caps]
+    bart_tok = train_bart_tokenizer(texts, variant.bart.text_vocab_size, normalize=normalize_text)
+    TextTokenizer(bart_tok, max_length=variant.bart.max_text_length).save(tok_dir / "dalle")
+    clip_tok = train_clip_tokenizer(texts, variant.clip.text.vocab_size)
+    save_clip_tokenizer(clip_tok, tok_dir / "clip", variant.clip.text.max_position_embeddings)
+    log.info("tokenizers: BART %d tokens, CLIP %d tokens", bart_tok.get_vocab_size(), clip_tok.get_vocab_size())
+
+
+def _stage_export(out: Path, model_dir: Path) -> None:
+    """Check the assembled model folder loads (tokenizers are copied in by the bart/clip stages)."""
+    from dalle_core.generator import Generator
+
+    gen = Generator.from_folder(model_dir)
+    total = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    log.info("export: %s loads (%s), %.1f MB", model_dir, gen.info.variant, total / 1e6)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dalle_core.train.loop import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m dalle_core.train.embedded", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", help="run folder (created; re-running resumes)")
+    parser.add_argument("--config", help="YAML preset, e.g. configs/embedded.yaml")
+    parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--no-resume", action="store_true", help="ignore finished stages and checkpoints")
+    args = parser.parse_args(argv)
+    setup_logging()
+    model = train_embedded(args.out_dir, args.config, args.stages, resume=not args.no_resume)
+    log.info("model folder: %s", model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

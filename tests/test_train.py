@@ -1,0 +1,229 @@
+"""Training code on tiny configs: losses go down, runs resume exactly, fine-tuning handles bad data."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from dalle_core.config import BartConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, VQGANConfig
+from dalle_core.train import shapes as S
+
+BART = BartConfig(
+    d_model=32, encoder_layers=2, decoder_layers=2, attention_heads=2, glu_dim=64,
+    text_vocab_size=512, image_vocab_size=16, max_text_length=32, image_length=16,
+)
+VQ = VQGANConfig(
+    ch=8, ch_mult=(1, 2, 2), num_res_blocks=0, attn_resolutions=(), resolution=16, z_channels=8,
+    embed_dim=8, n_embed=16, num_groups=4,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return S.make_dataset(48, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data):
+    from dalle_core.text import TextTokenizer, normalize_text
+    from dalle_core.train.tokenizer import train_bart_tokenizer
+
+    return TextTokenizer(train_bart_tokenizer(data.captions * 3, 512, normalize=normalize_text), max_length=32)
+
+
+def _small_images(images: np.ndarray, res: int = 16) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((res, res), Image.NEAREST)) for im in images])
+
+
+def _bart_data(data, tokenizer):
+    from dalle_core.train.bart import tokenize_captions, unconditional_row
+
+    ids, mask = tokenize_captions(tokenizer, data.captions)
+    # a learnable target: image tokens determined by the first object's colour and shape
+    key = np.array([S.COLOURS.index(sc.objects[0].colour) * 3 + S.SHAPES.index(sc.objects[0].shape) for sc in data.scenes])
+    codes = ((key[:, None] + np.arange(16)[None]) % 16).astype(np.int32)
+    return codes, ids, mask, unconditional_row(tokenizer)
+
+
+def test_bart_steps_lower_the_loss_and_resume_exactly(tmp_path, data, tokenizer, monkeypatch):
+    from dalle_core.models.bart import DalleBart
+    from dalle_core.train import loop
+    from dalle_core.train.bart import BartTrainConfig, eval_loss, train_bart
+
+    codes, ids, mask, uncond = _bart_data(data, tokenizer)
+    tcfg = BartTrainConfig(steps=6, batch_size=16, lr=3e-3, warmup=1, ckpt_every=2, log_every=1)
+    full = train_bart(BART, codes, ids, mask, uncond, tmp_path / "full", tcfg)
+    logged = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    from dalle_core.models.bart import init_params
+
+    model = DalleBart(BART)
+    before = eval_loss(model, init_params(BART, jax.random.PRNGKey(0)), ids, mask, codes)
+    assert eval_loss(model, full, ids, mask, codes) < before - 0.1
+
+    # interrupt after step 5 (checkpoint at 4), then resume: same result as the uninterrupted run
+    real_update = loop.Progress.update
+
+    def crash(self, step, metrics):
+        if step == 5:
+            raise KeyboardInterrupt
+        real_update(self, step, metrics)
+
+    monkeypatch.setattr(loop.Progress, "update", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_bart(BART, codes, ids, mask, uncond, tmp_path / "resumed", tcfg)
+    monkeypatch.setattr(loop.Progress, "update", real_update)
+    resumed = train_bart(BART, codes, ids, mask, uncond, tmp_path / "resumed", tcfg)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 5 and 6 come from the resumed run
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_freeze_layers_keeps_lower_layers_and_embeddings(data, tokenizer, tmp_path):
+    from dalle_core.models.bart import init_params
+    from dalle_core.train.bart import BartTrainConfig, train_bart
+
+    codes, ids, mask, uncond = _bart_data(data, tokenizer)
+    start = init_params(BART, jax.random.PRNGKey(1))
+    tcfg = BartTrainConfig(steps=3, batch_size=8, lr=1e-2, warmup=1, freeze_layers=1, ckpt_every=100)
+    new = train_bart(BART, codes, ids, mask, uncond, tmp_path / "ft", tcfg, init=start, resume=False)
+    enc_old = start["model"]["encoder"]
+    enc_new = new["model"]["encoder"]
+    np.testing.assert_array_equal(enc_old["embed_tokens"]["embedding"], enc_new["embed_tokens"]["embedding"])
+    dec_old = jax.tree_util.tree_leaves(start["model"]["decoder"]["layers"])
+    dec_new = jax.tree_util.tree_leaves(new["model"]["decoder"]["layers"])
+    for a, b in zip(dec_old, dec_new, strict=True):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])  # layer 0 frozen
+    assert any(not np.array_equal(np.asarray(a)[1], np.asarray(b)[1]) for a, b in zip(dec_old, dec_new, strict=True))
+    assert not np.array_equal(start["lm_head"]["kernel"], new["lm_head"]["kernel"])
+
+
+def test_vqgan_steps_lower_the_loss(tmp_path, data):
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train.vqgan import VQGANTrainConfig, encode_images, train_vqgan
+
+    images = _small_images(data.images)
+    tcfg = VQGANTrainConfig(steps=8, batch_size=8, lr=3e-3, warmup=1, crop=8, full_res_fraction=0.25,
+                            restart_every=2, ckpt_every=4, log_every=1)
+    params = train_vqgan(VQ, images, tmp_path / "vq", tcfg)
+    logged = [json.loads(line) for line in (tmp_path / "vq" / "log.jsonl").read_text().splitlines()]
+    assert len(logged) == 8 and logged[-1]["l1"] < logged[0]["l1"]
+    codes = encode_images(VQ, params, images)
+    assert codes.shape == (48, VQ.grid_size**2) and codes.dtype == np.int32
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(init_vqgan_params(VQ, jax.random.PRNGKey(0)))
+
+
+def test_dead_code_restart_moves_only_unused_codes():
+    from dalle_core.train.vqgan import restart_dead_codes
+
+    book = np.zeros((4, 2), np.float32)
+    z = np.array([[5.0, 5.0]] * 10, np.float32)
+    new, moved = restart_dead_codes(book, np.array([100.0, 0.0, 50.0, 0.0]), z, np.random.default_rng(0))
+    assert moved == 2
+    np.testing.assert_array_equal(new[[0, 2]], 0.0)
+    np.testing.assert_allclose(new[[1, 3]], 5.0, atol=1e-2)
+
+
+def test_clip_steps_lower_the_loss(tmp_path, data):
+    from dalle_core.rank import ClipTokenizer
+    from dalle_core.train.clip import CLIPTrainConfig, shapes_caption_fn, train_clip
+    from dalle_core.train.tokenizer import train_clip_tokenizer
+
+    cfg = CLIPConfig(
+        text=CLIPTextConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=24, eos_token_id=2),
+        vision=CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=16,
+    )
+    tok = ClipTokenizer(train_clip_tokenizer(data.captions * 3, 600), 24)
+    images = _small_images(data.images)
+    tcfg = CLIPTrainConfig(steps=8, batch_size=16, lr=3e-3, warmup=1, log_every=1, ckpt_every=8)
+    train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip", tcfg)
+    logged = [json.loads(line) for line in (tmp_path / "clip" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+
+
+# ----------------------------------------------------------------------------------- fine-tuning
+
+
+def _write_pairs(folder, data, count):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(data.images[i]).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(data.captions[i])
+
+
+def test_finetune_data_problems_are_reported_per_file(tmp_path, data):
+    from dalle_core.train.finetune import FinetuneDataError, collect_pairs
+
+    folder = tmp_path / "pairs"
+    _write_pairs(folder, data, 3)
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "broken.txt").write_text("a red circle")
+    (folder / "img_nocap.png").write_bytes((folder / "img0.png").read_bytes())
+    (folder / "blank.png").write_bytes((folder / "img0.png").read_bytes())
+    (folder / "blank.txt").write_text("   \n")
+    (folder / "notes.md").write_text("ignored: not an image")
+    pairs = collect_pairs(folder, 16)
+    assert pairs.images.shape == (3, 16, 16, 3) and len(pairs.captions) == 3
+    reasons = dict(pairs.skipped)
+    assert set(reasons) == {"broken.png", "img_nocap.png", "blank.png"}
+    assert "unreadable image" in reasons["broken.png"]
+    assert "caption" in reasons["img_nocap.png"] and "caption" in reasons["blank.png"]
+
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(
+        json.dumps({"image": "pairs/img0.png", "caption": "a red circle"}) + "\n"
+        + "{not json\n"
+        + json.dumps({"image": "pairs/missing.png", "caption": "x"}) + "\n"
+        + json.dumps({"caption": "no image"}) + "\n"
+    )
+    pairs = collect_pairs(jsonl, 16)
+    assert len(pairs.captions) == 1
+    reasons = dict(pairs.skipped)
+    assert any("JSON" in r for r in reasons.values())
+    assert reasons["pairs/missing.png"] == "image file not found"
+    assert any("no 'image'" in r for r in reasons.values())
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FinetuneDataError, match="no images"):
+        collect_pairs(tmp_path / "empty", 16)
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"garbage")
+    (only_bad / "x.txt").write_text("a blue square")
+    with pytest.raises(FinetuneDataError, match="no usable"):
+        collect_pairs(only_bad, 16)
+    with pytest.raises(FinetuneDataError, match="does not exist"):
+        collect_pairs(tmp_path / "nowhere", 16)
+
+
+def test_finetune_lowers_loss_on_new_pairs(tmp_path, data, tokenizer):
+    from dalle_core.checkpoints.bart import save_dalle_bart
+    from dalle_core.checkpoints.vqgan import save_vqgan
+    from dalle_core.models.bart import init_params
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train.finetune import finetune
+
+    base = tmp_path / "base"
+    save_vqgan(base / "vqgan", VQ, init_vqgan_params(VQ, jax.random.PRNGKey(0)))
+    save_dalle_bart(base / "dalle", BART, init_params(BART, jax.random.PRNGKey(0)), tokenizer=tokenizer)
+    _write_pairs(tmp_path / "new", data, 8)
+    report = finetune(tmp_path / "new", base, tmp_path / "out", freeze_layers=1, steps=12, batch_size=8, lr=1e-2, warmup=1)
+    assert report["pairs"] == 8 and report["skipped"] == []
+    assert report["loss_after"] < report["loss_before"] - 0.2
+    assert (tmp_path / "out" / "dalle" / "flax_model.msgpack").exists()
+    assert (tmp_path / "out" / "vqgan" / "config.json").exists()
+    assert json.loads((tmp_path / "out" / "finetune_report.json").read_text())["pairs"] == 8
+    with pytest.raises(ValueError, match="freeze_layers"):
+        finetune(tmp_path / "new", base, tmp_path / "out2", freeze_layers=5, steps=1)

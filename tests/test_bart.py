@@ -129,7 +129,7 @@ def test_cached_incremental_decoding_equals_teacher_forced(params, forward):
         return model.apply({"params": params}, enc, method=DalleBart.cross_kv)
 
     cross = prepare(ids, mask)
-    assert cross.k.shape == (CFG.decoder_layers, 2, CFG.max_text_length, 4, 8)
+    assert cross.k.shape == (CFG.decoder_layers, 2, 4, CFG.max_text_length, 8)
 
     @jax.jit
     def step(tok, index, cache):

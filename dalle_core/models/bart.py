@@ -54,8 +54,9 @@ _MASK_VALUE = -1e9
 class KVCache:
     """Self-attention keys/values of every decoder layer.
 
-    k, v: [layers, batch, image_length, heads, head_dim] in the compute dtype. Position ``t`` is
-    written when the token at position ``t`` is fed to :meth:`DalleBart.decode_step`.
+    k, v: [layers, batch, heads, image_length, head_dim] in the compute dtype (heads before
+    positions so that attention reads them without a transpose). Position ``t`` is written when
+    the token at position ``t`` is fed to :meth:`DalleBart.decode_step`.
     """
 
     k: jax.Array
@@ -66,7 +67,7 @@ class KVCache:
 class CrossKV:
     """Cross-attention keys/values of every decoder layer, from :meth:`DalleBart.cross_kv`.
 
-    k, v: [layers, batch, max_text_length, heads, head_dim]; computed once per prompt.
+    k, v: [layers, batch, heads, max_text_length, head_dim]; computed once per prompt.
     """
 
     k: jax.Array
@@ -76,7 +77,7 @@ class CrossKV:
 def init_kv_cache(cfg: BartConfig, batch: int, dtype: Dtype = jnp.float32) -> KVCache:
     """A zero cache for ``batch`` rows (positions not yet written are masked out anyway)."""
     head_dim = cfg.d_model // cfg.attention_heads
-    shape = (cfg.decoder_layers, batch, cfg.image_length, cfg.attention_heads, head_dim)
+    shape = (cfg.decoder_layers, batch, cfg.attention_heads, cfg.image_length, head_dim)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
@@ -120,15 +121,19 @@ class Attention(nn.Module):
         """x [B, T, d] → keys, values [B, T, heads, head_dim]."""
         return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
 
-    def __call__(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-        """x [B, Tq, d] attends to k, v [B, Tk, heads, head_dim]; mask broadcasts to [B, heads, Tq, Tk]."""
+    def __call__(
+        self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, heads_first: bool = False
+    ) -> jax.Array:
+        """x [B, Tq, d] attends to k, v [B, Tk, heads, head_dim] (or [B, heads, Tk, head_dim] with
+        ``heads_first``, the cache layout); mask broadcasts to [B, heads, Tq, Tk]."""
         q = self._heads(self.q_proj(x))
         depth = q.shape[-1]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(depth)
+        kv = "bhkd" if heads_first else "bkhd"
+        logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(depth)
         logits = jnp.where(mask, logits, _MASK_VALUE)
         # softmax in fp32 for bf16/fp16 compute; dalle-mini's default path is fp32 throughout
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
+        out = jnp.einsum(f"bhqk,{kv}->bqhd", weights, v.astype(self.dtype))
         return self.out_proj(out.reshape(out.shape[:2] + (self.cfg.d_model,)))
 
 
@@ -172,9 +177,9 @@ class DecoderLayer(nn.Module):
     ``mode`` picks what one scan step does:
       * ``"full"``: teacher-forced; carry x [B, T, d]; per-layer input None; broadcast
         (encoder_states, text_mask).
-      * ``"step"``: carry x [B, T, d] at positions ``index .. index+T-1``; per-layer input
-        (cache_k, cache_v, cross_k, cross_v); broadcast (text_mask, index); per-layer output the
-        updated (cache_k, cache_v).
+      * ``"step"``: carry (x [B, T, d] at positions ``index .. index+T-1``, the whole cache's
+        k and v [layers, B, S, heads, head_dim]); per-layer input (cross_k, cross_v, layer id);
+        broadcast (text_mask, index).
       * ``"cross_kv"``: carry encoder_states [B, T_text, d] (unchanged); per-layer output the
         cross-attention (k, v).
     """
@@ -189,9 +194,11 @@ class DecoderLayer(nn.Module):
         self_attn = Attention(cfg, dt, name="FlaxBartAttention_0")
         cross_attn = Attention(cfg, dt, name="FlaxBartAttention_1")
         if self.mode == "cross_kv":
-            return x, cross_attn.project_kv(x)
-
-        ys = None
+            k, v = cross_attn.project_kv(x)
+            return x, (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+        cache = None
+        if self.mode == "step":
+            x, cache = x[0], x[1:]
         # self-attention block
         h = _layer_norm(cfg, dt, "LayerNorm_0", use_scale=False)(x)
         k, v = self_attn.project_kv(h)
@@ -201,28 +208,37 @@ class DecoderLayer(nn.Module):
             causal = jnp.tril(jnp.ones((steps, steps), bool))[None, None]
             cross_k, cross_v = cross_attn.project_kv(encoder_states)
         elif self.mode == "step":
-            cache_k, cache_v, cross_k, cross_v = xs
+            cross_k, cross_v, layer = xs
             text_mask, index = bcast
-            cache_k = lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-            cache_v = lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-            k, v, ys = cache_k, cache_v, (cache_k, cache_v)
+            # The whole cache rides in the carry and only this token's K/V is written, in place;
+            # passing per-layer caches as scan inputs/outputs would copy all of it every step.
+            all_k, all_v = cache
+            new_k = k.transpose(0, 2, 1, 3)[None].astype(all_k.dtype)  # [1, B, heads, T, head_dim]
+            new_v = v.transpose(0, 2, 1, 3)[None].astype(all_v.dtype)
+            all_k = lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, index, 0))
+            all_v = lax.dynamic_update_slice(all_v, new_v, (layer, 0, 0, index, 0))
+            cache = (all_k, all_v)
+            k = lax.dynamic_index_in_dim(all_k, layer, keepdims=False)
+            v = lax.dynamic_index_in_dim(all_v, layer, keepdims=False)
             # query at position index+i sees cache positions <= index+i (later ones are stale zeros)
             query_pos = index + jnp.arange(steps)
-            causal = (jnp.arange(cache_k.shape[1])[None, :] <= query_pos[:, None])[None, None]
+            causal = (jnp.arange(k.shape[2])[None, :] <= query_pos[:, None])[None, None]
         else:
             raise ValueError(
                 f"unknown decoder mode {self.mode!r}; use 'full', 'step' or 'cross_kv'"
             )
-        h = self_attn(h, k, v, causal)
+        h = self_attn(h, k, v, causal, heads_first=self.mode == "step")
         x = x + _layer_norm(cfg, dt, "LayerNorm_1")(h)
 
         # cross-attention block
         h = _layer_norm(cfg, dt, "LayerNorm_2", use_scale=False)(x)
-        h = cross_attn(h, cross_k, cross_v, text_mask)
+        h = cross_attn(h, cross_k, cross_v, text_mask, heads_first=self.mode == "step")
         x = x + _layer_norm(cfg, dt, "LayerNorm_3")(h)
 
         x = x + GLU(cfg, dt, name="GLU_0")(x)
-        return x, ys
+        if self.mode == "step":
+            return (x, *cache), None
+        return x, None
 
 
 def _scan(layer_cls, length: int, **kwargs):
@@ -330,8 +346,10 @@ class Decoder(nn.Module):
 
     def step(self, tokens, index, cache: KVCache, cross: CrossKV, attention_mask):
         x = self._embed(tokens, index)
-        xs = (cache.k, cache.v, cross.k, cross.v)
-        x, (k, v) = self.layers(x, xs, (_text_mask(attention_mask), index), mode="step")
+        xs = (cross.k, cross.v, jnp.arange(self.cfg.decoder_layers))
+        (x, k, v), _ = self.layers(
+            (x, cache.k, cache.v), xs, (_text_mask(attention_mask), index), mode="step"
+        )
         return self.final_ln(x), KVCache(k=k, v=v)
 
 

@@ -32,7 +32,7 @@ from dalle_core.train.vqgan import VQGANTrainConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "tokenizer", "vqgan", "tokens", "bart", "clip", "export")
+STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "export")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,11 @@ class EmbeddedConfig:
     vqgan: VQGANTrainConfig = VQGANTrainConfig(
         steps=1500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, restart_every=25, ckpt_every=50
     )
-    bart: dict = field(default_factory=lambda: {"steps": 1500, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
+    # decoder-only VQGAN steps after the tokens are fixed (may run alongside the bart stage)
+    vqgan_decoder: VQGANTrainConfig = VQGANTrainConfig(
+        steps=1500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, ckpt_every=100
+    )
+    bart: dict = field(default_factory=lambda: {"steps": 1800, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
     clip: dict = field(default_factory=lambda: {"steps": 500, "batch_size": 32, "lr": 1e-3})  # CLIPTrainConfig fields
 
 
@@ -70,8 +74,9 @@ def load_config(path: str | os.PathLike | None, **overrides) -> EmbeddedConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown embedded-training key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if isinstance(raw.get("vqgan"), dict):
-        raw["vqgan"] = VQGANTrainConfig(**raw["vqgan"])
+    for key, extra in (("vqgan", {}), ("vqgan_decoder", {"decoder_only": True})):
+        if isinstance(raw.get(key), dict):
+            raw[key] = VQGANTrainConfig(**{**extra, **raw[key]})
     return EmbeddedConfig(**raw)
 
 
@@ -156,6 +161,22 @@ def train_embedded(
             codes = encode_images(vq_cfg, vq_params, train.images)
             np.savez_compressed(out / "tokens.npz", codes=codes)
             log.info("tokens: %d images, %d distinct codes used", len(codes), len(np.unique(codes)))
+        elif stage == "decoder":
+            from dalle_core.checkpoints.vqgan import load_vqgan, save_vqgan
+            from dalle_core.train.vqgan import reconstruction_report, train_vqgan
+
+            done = out / "vqgan_decoder_report.json"
+            if resume and done.exists():
+                continue
+            vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
+            train = _load_data(out, "train")
+            params = train_vqgan(vq_cfg, train.images, out / "vqgan_decoder_run", cfg.vqgan_decoder,
+                                 resume=resume, init_params=vq_params)
+            held = _load_data(out, "heldout")
+            report = reconstruction_report(vq_cfg, params, held.images, held.scenes)
+            log.info("vqgan after decoder fine-tuning, pixel checker on held-out renders: %s", report)
+            save_vqgan(model_dir / "vqgan", vq_cfg, params)
+            done.write_text(json.dumps(report, indent=2) + "\n")
         elif stage == "bart":
             from dalle_core.train.bart import train_embedded_bart
 

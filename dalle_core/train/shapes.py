@@ -33,7 +33,7 @@ Held-out split (attribute combinations that the "train" split never contains; se
 
 Everything is deterministic given a seed. The pixel checker (``analyze``/``check``) segments
 non-white pixels into connected components of one palette colour, then reads colour, shape (fill
-ratio of the bounding box and the width profile), size and position (pixel centroid) from them.
+ratio of the bounding box and how full its corners are), size and position (pixel centroid).
 """
 
 from __future__ import annotations
@@ -463,6 +463,21 @@ class Component:
         return max(x1 - x0, y1 - y0)
 
 
+def nearest_palette(rgb: np.ndarray) -> np.ndarray:
+    """Palette index int [H, W] of float RGB pixels [H, W, 3].
+
+    Distance to the segment from white to each palette colour, not to the colour itself: a
+    soft edge mixes a colour with the background, and a half-red pixel (242, 140, 140) is nearer
+    to orange than to red as a point, but lies on the white–red line.
+    """
+    white = np.float32(255.0)
+    dirs = _PALETTE_ARRAY - white  # [K, 3]
+    rel = rgb[..., None, :] - white  # [H, W, K, 3]
+    t = np.clip((rel * dirs).sum(-1) / (dirs**2).sum(-1), 0.0, 1.0)
+    d = ((rel - t[..., None] * dirs) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
 def _as_rgb_array(image) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -498,42 +513,44 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return out, len(uniq)
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """Shape name from one component's mask (cropped or not) and its fill ratio.
+# Features of the clean renders: (top-corner fill, bottom-corner fill, bounding-box fill).
+SHAPE_PROTOTYPES = {"circle": (0.35, 0.35, 0.79), "square": (1.0, 1.0, 1.0), "triangle": (0.0, 0.77, 0.53)}
 
-    Fill ratio of the bounding box separates square (~1.0), circle (~0.79) and triangle (~0.5);
-    the width profile breaks ties: a triangle is much narrower in its top rows than its bottom
-    rows, a circle is narrow at both ends.
+
+def shape_features(mask: np.ndarray) -> tuple[float, float, float]:
+    """(top-corner fill, bottom-corner fill, fill ratio) of one component's mask.
+
+    Corner fill: share of ink in the four corner squares of the bounding box (side a quarter of
+    the box), averaged per pair of top and bottom corners. A square fills its corners, a circle
+    leaves all four mostly empty, an apex-up triangle leaves the top ones empty and fills the
+    bottom ones; unlike the fill ratio alone this survives blurred, rounded edges.
     """
     ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    crop = mask[y0:y1, x0:x1]
-    fill = float(crop.mean())
-    widths = crop.sum(axis=1).astype(np.float32)
-    n = len(widths)
-    q = max(1, n // 4)
-    top, bottom = widths[:q].mean(), widths[-q:].mean()
-    mid = widths[n // 2 - q // 2 : n // 2 - q // 2 + q].mean() if n >= 4 else widths.mean()
-    if fill >= 0.9:
-        return "square", fill
-    if fill <= 0.64 or (bottom > 0 and top / bottom < 0.45 and fill < 0.75):
-        return "triangle", fill
-    if mid > 0 and top / mid < 0.95:
-        return "circle", fill
-    return "square", fill
+    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    q = max(1, int(round(0.25 * min(crop.shape))))
+    top = (crop[:q, :q].mean() + crop[:q, -q:].mean()) / 2
+    bottom = (crop[-q:, :q].mean() + crop[-q:, -q:].mean()) / 2
+    return float(top), float(bottom), float(crop.mean())
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """(shape name, fill ratio) of one component: the nearest prototype in feature space."""
+    f = np.array(shape_features(mask))
+    name = min(SHAPE_PROTOTYPES, key=lambda k: float(((f - np.array(SHAPE_PROTOTYPES[k])) ** 2).sum()))
+    return name, float(f[2])
 
 
 def analyze(image, min_area: int = 12) -> list[Component]:
     """Objects in an image: components of one palette colour, largest first.
 
     A pixel is ink when it is far from white (min channel < 150, which every palette colour
-    meets and anti-aliased halos mostly don't); its colour is the nearest palette entry.
+    meets and faint halos don't); its colour is the palette entry whose blend with white passes
+    closest (``nearest_palette``).
     Components smaller than ``min_area`` pixels are noise and dropped.
     """
     rgb = _as_rgb_array(image)
     ink = rgb.min(axis=-1) < 150
-    d = ((rgb[..., None, :] - _PALETTE_ARRAY) ** 2).sum(-1)
-    nearest = d.argmin(-1)
+    nearest = nearest_palette(rgb)
     comps: list[Component] = []
     for ci, colour in enumerate(COLOURS):
         mask = ink & (nearest == ci)

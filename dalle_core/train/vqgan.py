@@ -13,6 +13,7 @@ full grid it runs on at inference.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class VQGANTrainConfig:
     ae_steps: first steps train a plain autoencoder (no quantizer); then the codebook is
         initialised by k-means on encoder outputs and VQ training starts. A VQ trained from
         scratch on a mostly white domain tends to settle on "everything is background".
+    decoder_only: train only ``post_quant_conv`` and the decoder, on whole images: the codes
+        an image gets (encoder, codebook) stay fixed, so a DalleBart trained on them stays
+        valid while the decoder keeps improving. Needs ``init_params``; no restarts.
     restart_every: dead-code restart period in steps (0: never); restarts stop after
         ``restart_until`` of the run so the codebook can settle.
     """
@@ -60,6 +64,7 @@ class VQGANTrainConfig:
     l2_weight: float = 1.0
     ink_weight: float = 4.0
     ae_steps: int = 0
+    decoder_only: bool = False
     restart_every: int = 50
     restart_until: float = 0.5
     ckpt_every: int = 200
@@ -205,6 +210,13 @@ def train_vqgan(
     params = jax.tree_util.tree_map(jnp.array, init_params) if init_params is not None else init_vqgan_params(cfg, key)
     sched = warmup_cosine(tcfg.lr, tcfg.steps, tcfg.warmup)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.5, b2=0.9, weight_decay=tcfg.weight_decay))
+    if tcfg.decoder_only:
+        if init_params is None:
+            raise ValueError("decoder_only training needs init_params (a trained VQGAN)")
+        labels = {k: jax.tree_util.tree_map(lambda _, k=k: "train" if k in ("decoder", "post_quant_conv") else "frozen", v)
+                  for k, v in params.items()}
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+        tcfg = dataclasses.replace(tcfg, crop=None, restart_every=0, ae_steps=0)
     state = {"params": params, "opt_state": opt.init(params), "step": 0,
              "usage": np.zeros(cfg.n_embed, np.float32)}
     if resume:

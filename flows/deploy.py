@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -288,11 +289,16 @@ class FileServer:
 
 
 class WorkerProcess:
-    """``python -m flows.worker`` as a child process, restarted with back-off when it exits."""
+    """``python -m flows.worker`` as a child process, restarted with back-off when it exits, and
+    restarted when the Prefect API comes back after being unreachable: Prefect 3.8's task worker
+    does not resubscribe after a server restart (a clean websocket close is not retried), so it
+    would sit idle while flow runs wait for their generate tasks."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str]):
-        self.cmd, self.env = cmd, env
+    def __init__(self, cmd: list[str], env: dict[str, str], api_url: str | None = None,
+                 health_every: float = 15.0):
+        self.cmd, self.env, self.api_url, self.health_every = cmd, env, api_url, health_every
         self.proc: subprocess.Popen | None = None
+        self.restarts = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="covercraft-worker", daemon=True)
 
@@ -301,16 +307,41 @@ class WorkerProcess:
         self._thread.start()
         return self
 
+    def _api_up(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(self.api_url.rstrip("/") + "/health", timeout=5).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    def _restart(self, why: str) -> None:
+        log.warning("restarting the model task worker: %s", why)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.restarts += 1
+        self.proc = subprocess.Popen(self.cmd, env=self.env)
+
     def _supervise(self) -> None:
-        delay = 2.0
+        delay, api_was_down, next_check = 2.0, False, time.monotonic() + self.health_every
         while not self._stop.wait(1.0):
+            if self.api_url and time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.health_every
+                up = self._api_up()
+                if up and api_was_down:
+                    self._restart("the Prefect API is reachable again (server restart)")
+                api_was_down = not up
             if self.proc is None or self.proc.poll() is None:
                 continue
             log.error("model task worker exited with %s; restarting in %.0fs", self.proc.returncode, delay)
             if self._stop.wait(delay):
                 return
             delay = min(delay * 2, 60.0)
-            self.proc = subprocess.Popen(self.cmd, env=self.env)
+            self._restart("it exited")
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -371,7 +402,7 @@ def prepare(cfg: DeployConfig, config_file: str | None = None, start_worker: boo
             cmd.append("--warm")
         if config_file:
             cmd += ["--config", str(config_file)]
-        handles["worker"] = WorkerProcess(cmd, dict(os.environ)).start()
+        handles["worker"] = WorkerProcess(cmd, dict(os.environ), api_url=_require_api()).start()
     return handles
 
 

@@ -189,7 +189,18 @@ def render_outputs(tokens, image, prompt_text: str, negative: str, title: str, m
     "platforms": {name: (uint8 image, info dict)}} — arrays, so it crosses the task-worker boundary.
     """
     out: dict[str, Any] = {"cover": None, "platforms": {}}
-    upscaler = get_upscaler(cfg.upscaler) if (cfg.upscale or cfg.platforms) else None
+    if cfg.upscale or cfg.platforms:
+        upscaler = get_upscaler(cfg.upscaler)
+        with worker.generation_slot():  # outpainting samples tokens, upscaling runs on the GPU too
+            _render_into(out, tokens, image, prompt_text, negative, title, model, sampling, cfg, upscaler)
+    get_run_logger().info(
+        "cover: %s; platforms: %s", out["cover"][1] if out["cover"] else "display resize",
+        ", ".join(out["platforms"]) or "none",
+    )
+    return out
+
+
+def _render_into(out, tokens, image, prompt_text, negative, title, model, sampling, cfg, upscaler) -> None:
     if cfg.upscale:
         from dalle_core.upscale import upscale
 
@@ -206,11 +217,6 @@ def render_outputs(tokens, image, prompt_text: str, negative: str, title: str, m
             title=title if cfg.title_overlay else None, outpaint=platforms.outpaint,
         )
         out["platforms"] = {name: (np.asarray(img), dict(img.info)) for name, img in images.items()}
-    get_run_logger().info(
-        "cover: %s; platforms: %s", out["cover"][1] if out["cover"] else "display resize",
-        ", ".join(out["platforms"]) or "none",
-    )
-    return out
 
 
 @task(name="model-info")

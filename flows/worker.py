@@ -2,7 +2,8 @@
 
 ``flow.serve()`` (and every process or Kubernetes worker) runs each flow run in a fresh process, so a
 model loaded inside the flow would be loaded and compiled again on every run. Instead the tasks that
-need the model — ``generate`` (sample + decode), ``rank`` (CLIP) and ``model-info`` — are served by a
+need the model — ``generate`` (sample + decode), ``rank`` (CLIP), ``render`` (upscale, per-platform
+outpainting) and ``model-info`` — are served by a
 long-lived task worker (``covercraft worker``, started by ``covercraft serve``). The flow submits them
 with ``Task.delay`` and waits for the result; the worker keeps one ``Generator`` per model settings
 (``flows.model.get_generator``), so only its first run pays loading and compilation.
@@ -79,7 +80,9 @@ def call(task, *args: Any) -> Any:
 def model_tasks() -> list:
     from flows import pipeline
 
-    return [pipeline.generate_images, pipeline.rank_images, pipeline.describe_model]
+    # Every task run_stages sends through call(); tests/test_deploy.py checks none is missing
+    # (a missing one is never picked up and its flow run waits forever).
+    return [pipeline.generate_images, pipeline.rank_images, pipeline.render_outputs, pipeline.describe_model]
 
 
 def serve_worker(limit: int = 1, warm: Any = None) -> None:

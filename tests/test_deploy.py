@@ -297,3 +297,66 @@ def test_task_worker_route_waits_through_the_no_state_race(monkeypatch):
 
     with pytest.raises(RuntimeError, match="worker exploded"):
         worker.call(Broken(), "prompt")
+
+
+def test_worker_supervisor_restarts_after_exit_and_after_api_outage():
+    """The task worker is restarted when it dies, and when the API comes back from an outage
+    (Prefect's task worker does not resubscribe after a server restart)."""
+    import sys
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    health = {"up": True}
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if health["up"] else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    sup = deploy.WorkerProcess([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ),
+                               api_url=api, health_every=0.2)
+    sup._stop.wait = lambda t: sup._stop.is_set() or time.sleep(0.05)  # a fast supervision loop
+    try:
+        sup.start()
+        first = sup.proc.pid
+
+        def wait_for(cond, what):
+            end = time.monotonic() + 20
+            while not cond():
+                assert time.monotonic() < end, what
+                time.sleep(0.05)
+
+        health["up"] = False
+        time.sleep(0.6)
+        assert sup.proc.pid == first  # down: nothing to resubscribe to yet
+        health["up"] = True
+        wait_for(lambda: sup.restarts == 1, "no restart after the API came back")
+        assert sup.proc.pid != first
+        sup.proc.kill()
+        wait_for(lambda: sup.restarts == 2 and sup.proc.poll() is None, "no restart after exit")
+    finally:
+        sup.stop()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_every_task_sent_to_the_worker_is_served_by_it():
+    """A task run_stages routes through worker.call but the task worker does not serve would never
+    run, and its flow run would wait forever."""
+    import inspect
+    import re
+
+    from flows import pipeline
+
+    source = inspect.getsource(pipeline.run_stages)
+    routed = set(re.findall(r"worker\.call,\s*(\w+)", source)) | set(re.findall(r"worker\.call\((\w+)", source))
+    assert {"generate_images", "rank_images", "describe_model"} <= routed
+    served = {t.fn.__name__ for t in worker.model_tasks()}
+    assert routed <= served, f"not served by the task worker: {routed - served}"

@@ -6,6 +6,7 @@ raises ``CheckpointError`` naming the key, the expected and the found shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -53,6 +54,18 @@ def resolve_source(source: str | os.PathLike, files: tuple[str, ...] = ("config.
             "download it on a machine with network access and point the config at the local folder"
         ) from err
     return resolve_source(local, files)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint's ``config.json`` as a dict; unreadable or non-object files raise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read config ({err})") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
 
 
 def read_msgpack(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from dalle_core.checkpoints import (
     cast_floats,
     check_shapes,
     flatten,
+    read_json,
     read_msgpack,
     resolve_source,
     unflatten,
@@ -166,13 +167,7 @@ def config_to_json(cfg: BartConfig, scanned: bool = True) -> dict[str, Any]:
 
 def read_config(folder: str | os.PathLike) -> BartConfig:
     path = Path(folder) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return config_from_json(data, str(path))
+    return config_from_json(read_json(path), str(path))
 
 
 def stack_layers(flat: dict[str, Any], where: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dalle_core.checkpoints import (
     cast_floats,
     check_shapes,
     flatten,
+    read_json,
     read_msgpack,
     resolve_source,
     unflatten,
@@ -208,13 +209,7 @@ def flax_to_torch_state(params: dict, cfg: CLIPConfig) -> dict[str, np.ndarray]:
 
 def _read_config(folder: Path) -> CLIPConfig:
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read CLIP config ({err})") from err
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return clip_config_from_dict(raw, str(path))
+    return clip_config_from_dict(read_json(path), str(path))
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ from dalle_core.checkpoints import (
     CheckpointError,
     check_shapes,
     flatten,
+    read_json,
     read_msgpack,
     resolve_source,
     unflatten,
@@ -140,13 +141,7 @@ def load_swinir(source: str | os.PathLike) -> tuple[SwinIRConfig, dict[str, Any]
     """
     folder = resolve_source(source, (CONFIG_FILE, WEIGHTS_FILE))
     cfg_path = folder / CONFIG_FILE
-    try:
-        data = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{cfg_path}: unreadable config ({err})") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object")
-    cfg = config_from_json(data, str(cfg_path))
+    cfg = config_from_json(read_json(cfg_path), str(cfg_path))
     tree = read_msgpack(folder / WEIGHTS_FILE)
     if set(tree) == {"params"}:  # tolerate a flax TrainState-style wrapper
         tree = tree["params"]

@@ -22,6 +22,7 @@ from dalle_core.checkpoints import (
     cast_floats,
     check_shapes,
     flatten,
+    read_json,
     read_msgpack,
     resolve_source,
     write_msgpack,
@@ -122,13 +123,7 @@ def load_vqgan(source: str | os.PathLike) -> tuple[VQGANConfig, dict]:
     """
     folder = resolve_source(source, (CONFIG_FILE, WEIGHTS_FILE))
     config_path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{config_path}: cannot read VQGAN config ({err})") from err
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
-    cfg = vqgan_config_from_dict(raw, str(config_path))
+    cfg = vqgan_config_from_dict(read_json(config_path), str(config_path))
 
     weights_path = folder / WEIGHTS_FILE
     tree = read_msgpack(weights_path)

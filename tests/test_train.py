@@ -105,16 +105,29 @@ def test_freeze_layers_keeps_lower_layers_and_embeddings(data, tokenizer, tmp_pa
     assert not np.array_equal(start["lm_head"]["kernel"], new["lm_head"]["kernel"])
 
 
-def test_vqgan_steps_lower_the_loss(tmp_path, data):
+def test_vqgan_steps_lower_the_loss_and_resume(tmp_path, data, monkeypatch):
     from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train import loop
     from dalle_core.train.vqgan import VQGANTrainConfig, encode_images, train_vqgan
 
     images = _small_images(data.images)
-    tcfg = VQGANTrainConfig(steps=8, batch_size=8, lr=3e-3, warmup=1, crop=8, full_res_fraction=0.25,
-                            restart_every=2, ckpt_every=4, log_every=1)
-    params = train_vqgan(VQ, images, tmp_path / "vq", tcfg)
+    tcfg = VQGANTrainConfig(steps=10, batch_size=8, lr=3e-3, warmup=1, crop=8, full_res_fraction=0.2,
+                            ae_steps=2, restart_every=2, ckpt_every=4, log_every=1)
+    real_update = loop.Progress.update
+
+    def crash(self, step, metrics):
+        if step == 6:
+            raise KeyboardInterrupt
+        real_update(self, step, metrics)
+
+    monkeypatch.setattr(loop.Progress, "update", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_vqgan(VQ, images, tmp_path / "vq", tcfg)
+    monkeypatch.setattr(loop.Progress, "update", real_update)
+    params = train_vqgan(VQ, images, tmp_path / "vq", tcfg)  # resumes at step 4
     logged = [json.loads(line) for line in (tmp_path / "vq" / "log.jsonl").read_text().splitlines()]
-    assert len(logged) == 8 and logged[-1]["l1"] < logged[0]["l1"]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
+    assert logged[-1]["l1"] < logged[0]["l1"]
     codes = encode_images(VQ, params, images)
     assert codes.shape == (48, VQ.grid_size**2) and codes.dtype == np.int32
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(init_vqgan_params(VQ, jax.random.PRNGKey(0)))

@@ -77,10 +77,11 @@ def evaluate(
         hits: dict[str, dict[str, list]] = {m: {"first": [], "clip": [], "mean": []} for m in METRICS}
         for start in range(0, len(prompts), batch_prompts):
             chunk = prompts[start : start + batch_prompts]
-            texts = [p.text for p in chunk]
-            tokens = gen.sample_tokens(texts, n, seed + start, settings)
+            # pad the last chunk with repeats: one batch shape, one compilation
+            texts = [p.text for p in chunk] + [chunk[-1].text] * (batch_prompts - len(chunk))
+            tokens = gen.sample_tokens(texts, n, seed + start, settings)[: len(chunk)]
             images = gen.decode(tokens)  # [P, n, H, W, 3]
-            scores = gen.score(texts, images)
+            scores = gen.score(texts[: len(chunk)], images)
             for i, p in enumerate(chunk):
                 results = [shapes.check(images[i, j], p.scene) for j in range(n)]
                 best = int(np.argmax(scores[i])) if scores is not None else None

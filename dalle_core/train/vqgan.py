@@ -225,7 +225,7 @@ def train_vqgan(
             state = loaded
             log.info("vqgan: resuming %s at step %d", run_dir, int(state["step"]))
     params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
-    usage = np.asarray(state["usage"], np.float32)
+    usage = np.array(state["usage"], np.float32)  # a writable copy (restored arrays are read-only)
     log.info("vqgan: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
 
     step_fn = make_train_step(model, opt, tcfg)

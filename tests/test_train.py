@@ -106,13 +106,13 @@ def test_freeze_layers_keeps_lower_layers_and_embeddings(data, tokenizer, tmp_pa
 
 
 def test_vqgan_steps_lower_the_loss_and_resume(tmp_path, data, monkeypatch):
-    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.models.vqgan import vqgan_param_shapes
     from dalle_core.train import loop
     from dalle_core.train.vqgan import VQGANTrainConfig, encode_images, train_vqgan
 
     images = _small_images(data.images)
-    tcfg = VQGANTrainConfig(steps=10, batch_size=8, lr=3e-3, warmup=1, crop=8, full_res_fraction=0.2,
-                            ae_steps=2, restart_every=2, ckpt_every=4, log_every=1)
+    tcfg = VQGANTrainConfig(steps=10, batch_size=8, lr=3e-3, warmup=1, crop=8, full_res_fraction=0.0,
+                            restart_every=2, ckpt_every=4, log_every=1)
     real_update = loop.Progress.update
 
     def crash(self, step, metrics):
@@ -130,7 +130,35 @@ def test_vqgan_steps_lower_the_loss_and_resume(tmp_path, data, monkeypatch):
     assert logged[-1]["l1"] < logged[0]["l1"]
     codes = encode_images(VQ, params, images)
     assert codes.shape == (48, VQ.grid_size**2) and codes.dtype == np.int32
-    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(init_vqgan_params(VQ, jax.random.PRNGKey(0)))
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(vqgan_param_shapes(VQ))
+
+
+def test_vqgan_decoder_only_keeps_the_codes(tmp_path, data):
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train.vqgan import VQGANTrainConfig, train_vqgan
+
+    start = init_vqgan_params(VQ, jax.random.PRNGKey(2))
+    tcfg = VQGANTrainConfig(steps=2, batch_size=4, warmup=1, decoder_only=True)
+    new = train_vqgan(VQ, _small_images(data.images), tmp_path / "dec", tcfg, init_params=start)
+    leaves = jax.tree_util.tree_leaves
+    for part in ("encoder", "quantize", "quant_conv"):
+        assert all(np.array_equal(a, b) for a, b in zip(leaves(start[part]), leaves(new[part]), strict=True)), part
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(start["decoder"]), leaves(new["decoder"]), strict=True))
+    with pytest.raises(ValueError, match="init_params"):
+        train_vqgan(VQ, _small_images(data.images), tmp_path / "dec2", tcfg)
+
+
+def test_kmeans_codebook_covers_every_cluster():
+    from dalle_core.train.vqgan import kmeans_codebook
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    # a background-heavy sample: one cluster has 50x the points of the others
+    z = np.concatenate([centres[0] + rng.normal(0, 0.1, (500, 2)), centres[1] + rng.normal(0, 0.1, (10, 2)),
+                        centres[2] + rng.normal(0, 0.1, (10, 2))])
+    book = kmeans_codebook(z, 3, rng)
+    nearest = np.sqrt(((centres[:, None] - book[None]) ** 2).sum(-1)).min(1)
+    assert (nearest < 0.5).all()
 
 
 def test_dead_code_restart_moves_only_unused_codes():

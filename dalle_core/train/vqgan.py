@@ -112,6 +112,29 @@ def make_train_step(model: VQModel, opt: optax.GradientTransformation, tcfg: VQG
     return step
 
 
+_CACHE: dict = {}
+
+
+def _compiled(cfg: VQGANConfig, tcfg: VQGANTrainConfig):
+    """(optimizer, jitted train step, jitted encoder-to-latents), cached per config: a resumed or
+    repeated run in the same process reuses the compilations."""
+    key = (cfg, tcfg)
+    if key not in _CACHE:
+        model = VQModel(cfg)
+        sched = warmup_cosine(tcfg.lr, tcfg.steps, tcfg.warmup)
+        opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.5, b2=0.9, weight_decay=tcfg.weight_decay))
+        if tcfg.decoder_only:
+            # only the decoder side learns; the labels follow the module's top-level names
+            def label(params):
+                return {k: jax.tree_util.tree_map(lambda _, k=k: "train" if k in ("decoder", "post_quant_conv") else "frozen", v)
+                        for k, v in params.items()}
+
+            opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, label)
+            tcfg = dataclasses.replace(tcfg, crop=None, restart_every=0, ae_steps=0)
+        _CACHE[key] = (opt, make_train_step(model, opt, tcfg), jax.jit(partial(_pre_quant, model)))
+    return _CACHE[key]
+
+
 def _pre_quant(model: VQModel, params, pixels):
     return model.apply({"params": params}, pixels, method=lambda m, x: m._pre_quant(x, True))
 
@@ -204,18 +227,16 @@ def train_vqgan(
     if len(images) == 0:
         raise ValueError("no training images")
     run_dir = Path(run_dir)
-    model = VQModel(cfg)
     key = jax.random.PRNGKey(tcfg.seed)
     # copy: the train step donates its params, and the caller's arrays must survive
-    params = jax.tree_util.tree_map(jnp.array, init_params) if init_params is not None else init_vqgan_params(cfg, key)
-    sched = warmup_cosine(tcfg.lr, tcfg.steps, tcfg.warmup)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.5, b2=0.9, weight_decay=tcfg.weight_decay))
+    if init_params is not None:
+        params = jax.tree_util.tree_map(jnp.array, init_params)
+    else:  # one compiled init instead of hundreds of eager ops
+        params = jax.jit(partial(init_vqgan_params, cfg))(key)
+    if tcfg.decoder_only and init_params is None:
+        raise ValueError("decoder_only training needs init_params (a trained VQGAN)")
+    opt, step_fn, pre_quant = _compiled(cfg, tcfg)
     if tcfg.decoder_only:
-        if init_params is None:
-            raise ValueError("decoder_only training needs init_params (a trained VQGAN)")
-        labels = {k: jax.tree_util.tree_map(lambda _, k=k: "train" if k in ("decoder", "post_quant_conv") else "frozen", v)
-                  for k, v in params.items()}
-        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
         tcfg = dataclasses.replace(tcfg, crop=None, restart_every=0, ae_steps=0)
     state = {"params": params, "opt_state": opt.init(params), "step": 0,
              "usage": np.zeros(cfg.n_embed, np.float32)}
@@ -228,8 +249,6 @@ def train_vqgan(
     usage = np.array(state["usage"], np.float32)  # a writable copy (restored arrays are read-only)
     log.info("vqgan: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
 
-    step_fn = make_train_step(model, opt, tcfg)
-    pre_quant = jax.jit(partial(_pre_quant, model))
     full_from = int(tcfg.steps * (1.0 - tcfg.full_res_fraction)) if tcfg.crop else 0
     crop = tcfg.crop or cfg.resolution
     offs, weights = _ink_weights(images, crop, cfg.downsample) if tcfg.crop else (None, None)

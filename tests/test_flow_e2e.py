@@ -78,3 +78,14 @@ def test_upscaled_cover_and_platform_images(prefect_server, tmp_path):
     assert Image.open(folder / "blog.png").size == (1200, 630)
     assert Image.open(folder / "instagram-square.png").size == (1080, 1080)
     assert m["platforms"]["blog"]["size"] == [1200, 630]
+
+
+def test_cover_shows_the_post_subject(manifest):
+    """The embedded model draws the prompt: the post is about a red circle, the cover has one."""
+    assert manifest["model"]["name"] == "embedded-tiny" and not manifest["model"]["random_init"]
+    from dalle_core.train.shapes import PALETTE
+
+    folder = Path(manifest["output_dir"])
+    pixels = np.asarray(Image.open(folder / manifest["cover"]["from"])).astype(int)
+    red = np.abs(pixels - np.array(PALETTE["red"])).sum(-1) < 90
+    assert red.mean() > 0.03

@@ -33,53 +33,46 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SamplingExtras(_Request):
-    """Covercraft's additions to OpenAI's schema (all optional; defaults from the settings)."""
+class _Sampling(_Request):
+    """Sampling controls shared by every image endpoint (all optional; defaults from the settings)."""
 
-    negative_prompt: str | None = Field(None, max_length=1000, description="Steer away from this (the unconditional branch of super conditioning).")
     seed: int | None = Field(None, ge=0, lt=2**31, description="Same seed and parameters → same images.")
     condition_scale: float | None = Field(None, ge=0.0, le=100.0)
     top_k: int | None = Field(None, ge=0, le=1_000_000, description="0 = no limit.")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     temperature: float | None = Field(None, gt=0.0, le=10.0)
+
+
+class SamplingExtras(_Sampling):
+    """Covercraft's additions to OpenAI's schema for prompted endpoints."""
+
+    negative_prompt: str | None = Field(None, max_length=1000, description="Steer away from this (the unconditional branch of super conditioning).")
     style: str | None = Field(None, max_length=64, description="A Covercraft style preset (see `covercraft styles`); 'vivid'/'natural' are accepted and ignored.")
 
 
-class GenerationRequest(SamplingExtras):
-    prompt: str = Field(..., min_length=1, max_length=1000)
+class _ImageOutput(_Request):
+    """OpenAI's fields that say how many images come back and in what form."""
+
     model: str | None = None
     n: int = Field(1, ge=1, le=10)
     size: Size = "1024x1024"
     response_format: ResponseFormat = "url"
     user: str | None = Field(None, max_length=256)
+
+
+class GenerationRequest(SamplingExtras, _ImageOutput):
+    prompt: str = Field(..., min_length=1, max_length=1000)
     # Accepted for compatibility with clients that always send them; only PNG is produced.
     quality: str | None = None
     output_format: Literal["png"] | None = None
 
 
-class VariationForm(_Request):
-    model: str | None = None
-    n: int = Field(1, ge=1, le=10)
-    size: Size = "1024x1024"
-    response_format: ResponseFormat = "url"
-    user: str | None = Field(None, max_length=256)
-    seed: int | None = Field(None, ge=0, lt=2**31)
-    condition_scale: float | None = Field(None, ge=0.0, le=100.0)
-    top_k: int | None = Field(None, ge=0, le=1_000_000)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    temperature: float | None = Field(None, gt=0.0, le=10.0)
+class VariationForm(_Sampling, _ImageOutput):
     keep: float | None = Field(None, ge=0.0, le=1.0, description="Share of the image's tokens kept (default service.variation_keep).")
 
 
-class EditForm(SamplingExtras):
-    prompt: str = Field(..., min_length=1, max_length=1000)
-    model: str | None = None
-    n: int = Field(1, ge=1, le=10)
-    size: Size = "1024x1024"
-    response_format: ResponseFormat = "url"
-    user: str | None = Field(None, max_length=256)
-    quality: str | None = None
-    output_format: Literal["png"] | None = None
+class EditForm(GenerationRequest):
+    """Multipart fields of /v1/images/edits besides the image and the mask: a generation's fields."""
 
 
 class ImageData(BaseModel):

@@ -7,13 +7,11 @@ everywhere else (served deployments, the HTTP service) progress goes to the run 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
 ProgressFn = Callable[[int, int], None]
 
-_local = threading.local()
 _global: list[Callable[[str], ProgressFn]] = []
 
 

@@ -30,7 +30,7 @@ from dalle_core.config import (
     ModelVariant,
     get_variant,
 )
-from dalle_core.models.bart import CrossKV, DalleBart, init_kv_cache, init_params
+from dalle_core.models.bart import CrossKV, DalleBart, init_kv_cache, init_params, unscan_params
 from dalle_core.sampling import (
     LogitSettings,
     SampleState,
@@ -129,12 +129,13 @@ class Generator:
                 f"samples {cfg.image_length}; the two checkpoints do not belong together"
             )
         self.dtype = _dtype(variant.dtype)
-        self._bart = DalleBart(cfg, dtype=self.dtype)
+        # sampling runs over per-layer weights and caches (see DecoderLayers): unscan once here
+        self._bart = DalleBart(cfg, dtype=self.dtype, scan_layers=False)
         self._vqgan = VQModel(variant.vqgan)
         # only the first n_embed logits are VQGAN codes (BOS and mega's padding rows are not)
         self.num_valid_tokens = min(variant.vqgan.n_embed, cfg.image_vocab_size)
         self._mesh = self._make_mesh()
-        self._bart_params = self._replicate(bart_params)
+        self._bart_params = self._replicate(unscan_params(bart_params))
         self._vqgan_params = self._replicate(vqgan_params)
 
         wrap = jax.jit if jit else (lambda f, **_: f)
@@ -275,7 +276,7 @@ class Generator:
         rows = ids.shape[0]
         batch = rows // 2 if guided else rows
         cfg = self.variant.bart
-        cache = init_kv_cache(cfg, rows, self.dtype)
+        cache = init_kv_cache(cfg, rows, self.dtype, per_layer=True)
         state = init_state(cache, rng, batch, cfg.image_length, cfg.image_bos_id)
         return cross, state
 

@@ -45,11 +45,46 @@ def apply_temperature(logits: jax.Array, temperature) -> jax.Array:
     return logits / temperature
 
 
-def top_k_filter(logits: jax.Array, k: int | None) -> jax.Array:
-    """Keep entries >= the k-th largest (ties at the threshold are kept); k 0/None: no limit."""
-    if not k or k >= logits.shape[-1]:
+def _order_key(x: jax.Array) -> jax.Array:
+    """float32 → int32 with the same order (-inf < … < -0.0 <= 0.0 < … < inf); an involution."""
+    i = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(i < 0, i ^ 0x7FFFFFFF, i)
+
+
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row, float32 [..., V] → [..., 1]; equals ``lax.top_k(x, k)[0][..., -1:]``.
+
+    A bisection over the 2^32 ordered bit patterns: 32 passes of compare-and-count, each a
+    vectorised sweep over the row. On CPU this is ~10x faster than ``lax.top_k`` (a sort), which
+    was a quarter of a decode step. Invariant: ``count(x >= lo) >= k`` and the answer is in [lo, hi].
+    """
+    keys = _order_key(x)
+    lo = jnp.min(keys, axis=-1, keepdims=True)
+    hi = jnp.max(keys, axis=-1, keepdims=True)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (((lo & 1) + (hi & 1) + 1) >> 1)  # ceil((lo + hi) / 2), no overflow
+        enough = jnp.sum(keys >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+    lo, _ = lax.fori_loop(0, 32, halve, (lo, hi))
+    bits = jnp.where(lo < 0, lo ^ 0x7FFFFFFF, lo)  # the key mapping is its own inverse
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def top_k_filter(logits: jax.Array, k) -> jax.Array:
+    """Keep entries >= the k-th largest (ties at the threshold are kept); k 0/None: no limit.
+
+    ``k`` may be traced (a jnp int32 scalar), so changing it does not recompile; a traced k of 0
+    or >= V keeps everything.
+    """
+    vocab = logits.shape[-1]
+    if k is None or (isinstance(k, int) and (k == 0 or k >= vocab)):
         return logits
-    kth = lax.top_k(logits, k)[0][..., -1:]
+    k = jnp.asarray(k, jnp.int32)
+    kth = kth_largest(logits, jnp.clip(k, 1, vocab)).astype(logits.dtype)
+    kth = jnp.where(k > 0, kth, -jnp.inf)
     return jnp.where(logits >= kth, logits, NEG_INF)
 
 
@@ -71,14 +106,15 @@ def top_p_filter(logits: jax.Array, p) -> jax.Array:
 class LogitSettings:
     """What :func:`process_logits` does. Traced fields can change without recompiling.
 
-    temperature, top_p: float32 scalars (traced). top_k: 0 for none. use_top_p: whether to run
-    the nucleus filter (a full sort per step, so it is skipped when unused). num_valid: logits at
-    ids >= num_valid are masked (the VQGAN codebook size).
+    temperature, top_p: float32 scalars (traced). top_k: int32 scalar (traced), 0 for none.
+    use_top_k / use_top_p: whether to run the filter at all (static; the unused one is skipped).
+    num_valid: logits at ids >= num_valid are masked (the VQGAN codebook size).
     """
 
     temperature: jax.Array
     top_p: jax.Array
-    top_k: int = flax.struct.field(pytree_node=False, default=0)
+    top_k: jax.Array
+    use_top_k: bool = flax.struct.field(pytree_node=False, default=False)
     use_top_p: bool = flax.struct.field(pytree_node=False, default=False)
     num_valid: int = flax.struct.field(pytree_node=False, default=1 << 30)
 
@@ -93,7 +129,8 @@ class LogitSettings:
         return cls(
             temperature=jnp.float32(temperature),
             top_p=jnp.float32(1.0 if top_p is None else top_p),
-            top_k=int(top_k or 0),
+            top_k=jnp.int32(top_k or 0),
+            use_top_k=bool(top_k),
             use_top_p=top_p is not None and top_p < 1.0,
             num_valid=int(num_valid),
         )
@@ -103,7 +140,8 @@ def process_logits(logits: jax.Array, settings: LogitSettings) -> jax.Array:
     """mask invalid ids → temperature → top-k → top-p (the order of HF's logits warpers)."""
     logits = mask_invalid(logits.astype(jnp.float32), settings.num_valid)
     logits = apply_temperature(logits, settings.temperature)
-    logits = top_k_filter(logits, settings.top_k)
+    if settings.use_top_k:
+        logits = top_k_filter(logits, settings.top_k)
     if settings.use_top_p:
         logits = top_p_filter(logits, settings.top_p)
     return logits

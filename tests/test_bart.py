@@ -18,7 +18,7 @@ from dalle_core.checkpoints.bart import (
     save_dalle_bart,
 )
 from dalle_core.config import BartConfig, get_variant, replace
-from dalle_core.models.bart import DalleBart, init_kv_cache, init_params, param_shapes
+from dalle_core.models.bart import DalleBart, init_kv_cache, init_params, param_shapes, unscan_params
 from dalle_core.text import build_fallback_tokenizer
 
 # Smaller than `tiny` so that compiles stay quick; 3 layers so stacking order matters.
@@ -117,8 +117,14 @@ def test_forward_shapes_and_padding_invariance(forward):
     assert not np.allclose(logits3[:, 10:], logits[:, 10:])
 
 
-def test_cached_incremental_decoding_equals_teacher_forced(params, forward):
-    model = DalleBart(CFG)
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "per-layer"])
+def test_cached_incremental_decoding_equals_teacher_forced(params, forward, scan_layers):
+    """Both layouts: the scanned stack (training) and per-layer weights/caches (the generator's)."""
+    model = DalleBart(CFG, scan_layers=scan_layers)
+    if not scan_layers:
+        params = unscan_params(params)
+        assert "FlaxBartDecoderLayer_2" in params["model"]["decoder"]["layers"]
+        assert unscan_params(params) == params  # idempotent
     ids, mask = _text()
     tokens = _image_tokens()
     full = forward(ids, mask, tokens)
@@ -129,7 +135,10 @@ def test_cached_incremental_decoding_equals_teacher_forced(params, forward):
         return model.apply({"params": params}, enc, method=DalleBart.cross_kv)
 
     cross = prepare(ids, mask)
-    assert cross.k.shape == (CFG.decoder_layers, 2, 4, CFG.max_text_length, 8)
+    if scan_layers:
+        assert cross.k.shape == (CFG.decoder_layers, 2, 4, CFG.max_text_length, 8)
+    else:
+        assert len(cross.k) == CFG.decoder_layers and cross.k[0].shape == (2, 4, CFG.max_text_length, 8)
 
     @jax.jit
     def step(tok, index, cache):
@@ -137,7 +146,7 @@ def test_cached_incremental_decoding_equals_teacher_forced(params, forward):
             {"params": params}, tok, index, cache, cross, mask, method=DalleBart.decode_step
         )
 
-    cache = init_kv_cache(CFG, 2)
+    cache = init_kv_cache(CFG, 2, per_layer=not scan_layers)
     steps = []
     for t in range(CFG.image_length):
         logits, cache = step(tokens[:, t : t + 1], jnp.int32(t), cache)
@@ -145,7 +154,7 @@ def test_cached_incremental_decoding_equals_teacher_forced(params, forward):
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5, rtol=0)
 
     # a chunk of several positions at once (prefill) gives the same logits too
-    cache = init_kv_cache(CFG, 2)
+    cache = init_kv_cache(CFG, 2, per_layer=not scan_layers)
     head, cache = step(tokens[:, :4], jnp.int32(0), cache)
     tail, _ = step(tokens[:, 4:8], jnp.int32(4), cache)
     np.testing.assert_allclose(np.concatenate([head, tail], 1), full[:, :8], atol=1e-5, rtol=0)

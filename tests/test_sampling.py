@@ -51,6 +51,20 @@ def test_top_k_golden():
     np.testing.assert_array_equal(top_k_filter(x, None), x)
 
 
+def test_top_k_traced_golden_and_no_recompile():
+    x = jnp.array([[1.0, 3.0, 2.0, 0.0], [5.0, 5.0, 1.0, 2.0]])
+    filt = jax.jit(process_logits)
+    for k, want in [
+        (2, [[NEG, 3.0, 2.0, NEG], [5.0, 5.0, NEG, NEG]]),
+        (1, [[NEG, 3.0, NEG, NEG], [5.0, 5.0, NEG, NEG]]),
+        (3, [[1.0, 3.0, 2.0, NEG], [5.0, 5.0, NEG, 2.0]]),
+        (9, np.asarray(x)),  # k >= vocabulary keeps everything
+    ]:
+        np.testing.assert_array_equal(filt(x, LogitSettings.create(top_k=k)), want, err_msg=f"k={k}")
+    assert filt._cache_size() == 1  # top_k is traced: one compilation for every k
+    np.testing.assert_array_equal(top_k_filter(x, jnp.int32(0)), x)  # traced 0: no limit
+
+
 def test_top_p_golden():
     # probabilities 0.5, 0.25, 0.125, 0.125 (logits are log-probs)
     x = jnp.log(jnp.array([[0.125, 0.5, 0.125, 0.25]]))
@@ -189,3 +203,22 @@ def test_top_k_one_is_greedy_and_invalid_never_sampled():
         settings=LogitSettings.create(top_k=3, num_valid=6),
     )
     assert set(np.unique(many)) <= {1, 2, 3}
+
+
+def test_kth_largest_matches_lax_top_k_with_ties_and_masked_entries():
+    from dalle_core.sampling import kth_largest
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        v = int(rng.integers(2, 300))
+        k = int(rng.integers(1, v + 1))
+        x = rng.standard_normal((3, v)).astype(np.float32) * 10
+        if trial % 3 == 0:
+            x = np.round(x)  # many ties
+        if trial % 4 == 0:
+            x[:, : v // 3] = -np.inf  # masked ids; k may reach into them
+        if trial % 5 == 0:
+            x[0, :] = 0.0  # -0.0 and 0.0 mixed with a constant row
+            x[0, ::2] = -0.0
+        want = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][..., -1:])
+        np.testing.assert_array_equal(np.asarray(kth_largest(jnp.asarray(x), k)), want, err_msg=f"trial {trial}")

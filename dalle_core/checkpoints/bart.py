@@ -201,21 +201,6 @@ def stack_layers(flat: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def unstack_layers(flat: dict[str, Any]) -> dict[str, Any]:
-    """Scanned → unscanned keys (dalle-mini's ``DalleBart.unscan``)."""
-    out = {}
-    for key, value in flat.items():
-        for stack, name in _SCANNED.items():
-            prefix = f"model/{stack}/layers/{name}/"
-            if key.startswith(prefix):
-                for i in range(value.shape[0]):
-                    out[f"model/{stack}/layers/{name[:-1]}_{i}/{key[len(prefix) :]}"] = value[i]
-                break
-        else:
-            out[key] = value
-    return out
-
-
 def load_dalle_bart(source: str | os.PathLike, dtype: Any = None) -> tuple[BartConfig, dict]:
     """Load a DalleBart checkpoint from a folder or a Hugging Face hub id.
 
@@ -224,7 +209,7 @@ def load_dalle_bart(source: str | os.PathLike, dtype: Any = None) -> tuple[BartC
     mega). Raises :class:`CheckpointError` naming the key on a missing/unexpected key or a shape
     mismatch, and on unreadable files.
     """
-    from dalle_core.models.bart import param_shapes
+    from dalle_core.models.bart import param_shapes, unscan_params
 
     folder = resolve_source(source, files=(CONFIG_NAME, WEIGHTS_NAME))
     cfg = read_config(folder)
@@ -273,7 +258,7 @@ def save_dalle_bart(
     params: ``{"model": ..., "lm_head": ...}`` in the scanned layout (a ``{"params": ...}`` wrapper
     is accepted). ``scanned=False`` writes dalle-mini's unscanned ``FlaxBart*Layer_{i}`` layout.
     """
-    from dalle_core.models.bart import param_shapes
+    from dalle_core.models.bart import param_shapes, unscan_params
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -281,9 +266,8 @@ def save_dalle_bart(
         params = params["params"]
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     check_shapes(flatten(param_shapes(cfg)), flat, "params to save")
-    if not scanned:
-        flat = unstack_layers(flat)
-    write_msgpack(folder / WEIGHTS_NAME, unflatten(flat))
+    tree = unflatten(flat) if scanned else unscan_params(unflatten(flat))
+    write_msgpack(folder / WEIGHTS_NAME, tree)
     (folder / CONFIG_NAME).write_text(
         json.dumps(config_to_json(cfg, scanned), indent=2, sort_keys=True) + "\n"
     )

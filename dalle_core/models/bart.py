@@ -55,8 +55,10 @@ class KVCache:
     """Self-attention keys/values of every decoder layer.
 
     k, v: [layers, batch, heads, image_length, head_dim] in the compute dtype (heads before
-    positions so that attention reads them without a transpose). Position ``t`` is written when
-    the token at position ``t`` is fed to :meth:`DalleBart.decode_step`.
+    positions so that attention reads them without a transpose), or, for a model built with
+    ``scan_layers=False``, tuples of one [batch, heads, image_length, head_dim] array per layer.
+    Position ``t`` is written when the token at position ``t`` is fed to
+    :meth:`DalleBart.decode_step`.
     """
 
     k: jax.Array
@@ -67,17 +69,27 @@ class KVCache:
 class CrossKV:
     """Cross-attention keys/values of every decoder layer, from :meth:`DalleBart.cross_kv`.
 
-    k, v: [layers, batch, heads, max_text_length, head_dim]; computed once per prompt.
+    k, v: [layers, batch, heads, max_text_length, head_dim] (tuples of per-layer arrays with
+    ``scan_layers=False``); computed once per prompt.
     """
 
     k: jax.Array
     v: jax.Array
 
 
-def init_kv_cache(cfg: BartConfig, batch: int, dtype: Dtype = jnp.float32) -> KVCache:
-    """A zero cache for ``batch`` rows (positions not yet written are masked out anyway)."""
+def init_kv_cache(
+    cfg: BartConfig, batch: int, dtype: Dtype = jnp.float32, per_layer: bool = False
+) -> KVCache:
+    """A zero cache for ``batch`` rows (positions not yet written are masked out anyway).
+
+    ``per_layer``: one array per layer (for ``scan_layers=False`` models) instead of one stack.
+    """
     head_dim = cfg.d_model // cfg.attention_heads
-    shape = (cfg.decoder_layers, batch, cfg.attention_heads, cfg.image_length, head_dim)
+    shape = (batch, cfg.attention_heads, cfg.image_length, head_dim)
+    if per_layer:
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.decoder_layers))
+        return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.decoder_layers)))
+    shape = (cfg.decoder_layers, *shape)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
@@ -172,14 +184,15 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One NormFormer decoder layer, scanned over the layer axis.
+    """One NormFormer decoder layer, scanned over the layer axis (or called once per layer).
 
     ``mode`` picks what one scan step does:
       * ``"full"``: teacher-forced; carry x [B, T, d]; per-layer input None; broadcast
         (encoder_states, text_mask).
       * ``"step"``: carry (x [B, T, d] at positions ``index .. index+T-1``, the whole cache's
-        k and v [layers, B, S, heads, head_dim]); per-layer input (cross_k, cross_v, layer id);
-        broadcast (text_mask, index).
+        k and v [layers, B, heads, S, head_dim]); per-layer input (cross_k, cross_v, layer id);
+        broadcast (text_mask, index). Unscanned, the layer id is None and k, v are this layer's
+        own [B, heads, S, head_dim] cache.
       * ``"cross_kv"``: carry encoder_states [B, T_text, d] (unchanged); per-layer output the
         cross-attention (k, v).
     """
@@ -213,13 +226,18 @@ class DecoderLayer(nn.Module):
             # The whole cache rides in the carry and only this token's K/V is written, in place;
             # passing per-layer caches as scan inputs/outputs would copy all of it every step.
             all_k, all_v = cache
-            new_k = k.transpose(0, 2, 1, 3)[None].astype(all_k.dtype)  # [1, B, heads, T, head_dim]
-            new_v = v.transpose(0, 2, 1, 3)[None].astype(all_v.dtype)
-            all_k = lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, index, 0))
-            all_v = lax.dynamic_update_slice(all_v, new_v, (layer, 0, 0, index, 0))
+            new_k = k.transpose(0, 2, 1, 3).astype(all_k.dtype)  # [B, heads, T, head_dim]
+            new_v = v.transpose(0, 2, 1, 3).astype(all_v.dtype)
+            if layer is None:  # this layer's own cache array: attention reads it in place
+                all_k = lax.dynamic_update_slice(all_k, new_k, (0, 0, index, 0))
+                all_v = lax.dynamic_update_slice(all_v, new_v, (0, 0, index, 0))
+                k, v = all_k, all_v
+            else:
+                all_k = lax.dynamic_update_slice(all_k, new_k[None], (layer, 0, 0, index, 0))
+                all_v = lax.dynamic_update_slice(all_v, new_v[None], (layer, 0, 0, index, 0))
+                k = lax.dynamic_index_in_dim(all_k, layer, keepdims=False)
+                v = lax.dynamic_index_in_dim(all_v, layer, keepdims=False)
             cache = (all_k, all_v)
-            k = lax.dynamic_index_in_dim(all_k, layer, keepdims=False)
-            v = lax.dynamic_index_in_dim(all_v, layer, keepdims=False)
             # query at position index+i sees cache positions <= index+i (later ones are stale zeros)
             query_pos = index + jnp.arange(steps)
             causal = (jnp.arange(k.shape[2])[None, :] <= query_pos[:, None])[None, None]
@@ -253,11 +271,19 @@ def _scan(layer_cls, length: int, **kwargs):
 
 
 class EncoderLayers(nn.Module):
+    """The encoder stack: one ``nn.scan`` (stacked params, dalle-mini's published layout) or,
+    with ``scan_layers=False``, one ``FlaxBartEncoderLayer_{i}`` submodule per layer."""
+
     cfg: BartConfig
     dtype: Dtype = jnp.float32
+    scan_layers: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, text_mask: jax.Array) -> jax.Array:
+        if not self.scan_layers:
+            for i in range(self.cfg.encoder_layers):
+                x, _ = EncoderLayer(self.cfg, self.dtype, name=f"FlaxBartEncoderLayer_{i}")(x, None, text_mask)
+            return x
         layers = _scan(
             EncoderLayer,
             self.cfg.encoder_layers,
@@ -270,11 +296,21 @@ class EncoderLayers(nn.Module):
 
 
 class DecoderLayers(nn.Module):
+    """The decoder stack, scanned or (``scan_layers=False``) one submodule per layer.
+
+    Unscanned, the per-layer inputs and cache are tuples with one entry per layer. Incremental
+    decoding is faster that way: a scanned step slices every layer's weights and cache out of
+    their stacks, and XLA materialises those slices, copying all the weights on every token.
+    """
+
     cfg: BartConfig
     dtype: Dtype = jnp.float32
+    scan_layers: bool = True
 
     @nn.compact
     def __call__(self, x, xs, bcast, mode: str):
+        if not self.scan_layers:
+            return self._unrolled(x, xs, bcast, mode)
         layers = _scan(
             DecoderLayer,
             self.cfg.decoder_layers,
@@ -285,10 +321,32 @@ class DecoderLayers(nn.Module):
         )
         return layers(x, xs, bcast)
 
+    def _unrolled(self, x, xs, bcast, mode: str):
+        n = self.cfg.decoder_layers
+        layers = [
+            DecoderLayer(self.cfg, self.dtype, mode=mode, name=f"FlaxBartDecoderLayer_{i}")
+            for i in range(n)
+        ]
+        if mode == "full":
+            for layer in layers:
+                x, _ = layer(x, None, bcast)
+            return x, None
+        if mode == "cross_kv":
+            kv = [layer(x, None, None)[1] for layer in layers]
+            return x, (tuple(k for k, _ in kv), tuple(v for _, v in kv))
+        (x, ks, vs), (cross_k, cross_v, _) = x, xs
+        new_k, new_v = [], []
+        for i, layer in enumerate(layers):
+            (x, k, v), _ = layer((x, ks[i], vs[i]), (cross_k[i], cross_v[i], None), bcast)
+            new_k.append(k)
+            new_v.append(v)
+        return (x, tuple(new_k), tuple(new_v)), None
+
 
 class Encoder(nn.Module):
     cfg: BartConfig
     dtype: Dtype = jnp.float32
+    scan_layers: bool = True
 
     def setup(self):
         cfg, dt = self.cfg, self.dtype
@@ -300,7 +358,7 @@ class Encoder(nn.Module):
             cfg.max_text_length, cfg.d_model, embedding_init=init, dtype=dt
         )
         self.layernorm_embedding = _layer_norm(cfg, dt, "layernorm_embedding")
-        self.layers = EncoderLayers(cfg, dt)
+        self.layers = EncoderLayers(cfg, dt, self.scan_layers)
         self.final_ln = _layer_norm(cfg, dt, "final_ln", use_scale=False)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -315,6 +373,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     cfg: BartConfig
     dtype: Dtype = jnp.float32
+    scan_layers: bool = True
 
     def setup(self):
         cfg, dt = self.cfg, self.dtype
@@ -326,7 +385,7 @@ class Decoder(nn.Module):
             cfg.image_length, cfg.d_model, embedding_init=init, dtype=dt
         )
         self.layernorm_embedding = _layer_norm(cfg, dt, "layernorm_embedding")
-        self.layers = DecoderLayers(cfg, dt)
+        self.layers = DecoderLayers(cfg, dt, self.scan_layers)
         self.final_ln = _layer_norm(cfg, dt, "final_ln", use_scale=False)
 
     def _embed(self, tokens: jax.Array, start: jax.Array | int) -> jax.Array:
@@ -346,7 +405,8 @@ class Decoder(nn.Module):
 
     def step(self, tokens, index, cache: KVCache, cross: CrossKV, attention_mask):
         x = self._embed(tokens, index)
-        xs = (cross.k, cross.v, jnp.arange(self.cfg.decoder_layers))
+        layer_ids = jnp.arange(self.cfg.decoder_layers) if self.scan_layers else None
+        xs = (cross.k, cross.v, layer_ids)
         (x, k, v), _ = self.layers(
             (x, cache.k, cache.v), xs, (_text_mask(attention_mask), index), mode="step"
         )
@@ -356,10 +416,11 @@ class Decoder(nn.Module):
 class BartModel(nn.Module):
     cfg: BartConfig
     dtype: Dtype = jnp.float32
+    scan_layers: bool = True
 
     def setup(self):
-        self.encoder = Encoder(self.cfg, self.dtype)
-        self.decoder = Decoder(self.cfg, self.dtype)
+        self.encoder = Encoder(self.cfg, self.dtype, self.scan_layers)
+        self.decoder = Decoder(self.cfg, self.dtype, self.scan_layers)
 
 
 class DalleBart(nn.Module):
@@ -371,9 +432,10 @@ class DalleBart(nn.Module):
 
     config: BartConfig
     dtype: Dtype = jnp.float32
+    scan_layers: bool = True  # False: per-layer params (``FlaxBart*Layer_{i}``), for fast decoding
 
     def setup(self):
-        self.model = BartModel(self.config, self.dtype)
+        self.model = BartModel(self.config, self.dtype, self.scan_layers)
         self.lm_head = _dense(self.config.image_vocab_size + 1, self.config, self.dtype, "lm_head")
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids) -> jax.Array:
@@ -435,6 +497,26 @@ def init_params(cfg: BartConfig, rng: jax.Array, dtype: Dtype = jnp.float32) -> 
             )
         out[path] = jnp.asarray(value, dtype)
     return unflatten_dict(out)
+
+
+_STACKS = {"encoder": "FlaxBartEncoderLayers", "decoder": "FlaxBartDecoderLayers"}
+
+
+def unscan_params(params: dict) -> dict:
+    """Scanned params → the tree of ``DalleBart(scan_layers=False)``: each stack
+    ``FlaxBart{Encoder,Decoder}Layers`` (leading layer axis) becomes ``FlaxBart…Layer_{i}``
+    subtrees, dalle-mini's unscanned names. Stacks already unscanned are left as they are.
+    """
+    model = dict(params["model"])
+    for stack, name in _STACKS.items():
+        layers = model[stack]["layers"]
+        if name not in layers:
+            continue
+        stacked = layers[name]
+        n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+        per_layer = {f"{name[:-1]}_{i}": jax.tree_util.tree_map(lambda a, i=i: a[i], stacked) for i in range(n)}
+        model[stack] = {**model[stack], "layers": per_layer}
+    return {**params, "model": model}
 
 
 def param_shapes(cfg: BartConfig) -> dict:

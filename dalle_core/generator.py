@@ -144,6 +144,7 @@ class Generator:
             self._run_steps, static_argnames=("num_steps", "guided"), donate_argnames=("state",)
         )
         self._decode_fn = wrap(self._decode_codes)
+        self._decode_grid_fn = wrap(self._decode_code_grid)
         self._encode_fn = wrap(self._encode_pixels)
 
     # ------------------------------------------------------------------ constructors
@@ -321,6 +322,12 @@ class Generator:
         pixels = self._vqgan.apply({"params": params}, codes, method="decode_code")
         return jnp.round(jnp.clip(pixels, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
+    def _decode_code_grid(self, params, codes):
+        """codes int32 [B, h, w] → uint8 [B, h·f, w·f, 3]."""
+        z_q = self._vqgan.apply({"params": params}, codes, method="lookup_grid")
+        pixels = self._vqgan.apply({"params": params}, z_q, method="decode")
+        return jnp.round(jnp.clip(pixels, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
     def _encode_pixels(self, params, pixels):
         _, indices = self._vqgan.apply({"params": params}, pixels, method="encode")
         return indices.astype(jnp.int32)
@@ -445,6 +452,17 @@ class Generator:
         res = self.variant.vqgan.resolution
         out = _batched(self._decode_fn, self._vqgan_params, flat)
         return out.reshape(lead + (res, res, 3))
+
+    def decode_grid(self, tokens) -> np.ndarray:
+        """VQGAN codes int [h, w] of any size → uint8 pixels [h·f, w·f, 3] (outpainting's wide
+        grids; the VQGAN is convolutional, so the grid is decoded whole). Compiled per shape."""
+        tokens = np.asarray(tokens, np.int32)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be a 2-D grid [h, w], got shape {tokens.shape}")
+        n_embed = self.variant.vqgan.n_embed
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
+            raise ValueError(f"tokens must be VQGAN codes in [0, {n_embed})")
+        return np.asarray(self._decode_grid_fn(self._vqgan_params, tokens[None]))[0]
 
     def encode(self, images) -> np.ndarray:
         """uint8 images [B, H, W, 3] → VQGAN codes int32 [B, grid, grid].

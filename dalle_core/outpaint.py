@@ -20,7 +20,6 @@ The original tokens are never overwritten (``outpaint_tokens`` checks this befor
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable
@@ -231,42 +230,13 @@ def outpaint_tokens(
 # Decoding non-square grids
 
 
-@functools.lru_cache(maxsize=4)
-def _vqgan_decoder(vq_cfg):
-    import jax
-    import jax.numpy as jnp
-
-    from dalle_core.models.vqgan import VQModel
-
-    model = VQModel(vq_cfg)
-
-    def decode(params, codes):  # codes int32 [B, h, w] → uint8 [B, h·f, w·f, 3]
-        table = params["quantize"]["embedding"]["embedding"]
-        z_q = jnp.take(table, codes, axis=0)
-        pixels = model.apply({"params": params}, z_q, method="decode")
-        return jnp.round(jnp.clip(pixels, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-
-    return jax.jit(decode)
-
-
 def decode_grid(generator, tokens) -> np.ndarray:
-    """VQGAN codes int [h, w] (any h, w) → uint8 [h·f, w·f, 3].
+    """VQGAN codes int [h, w] (any h, w) → uint8 [h·f, w·f, 3] via ``generator.decode_grid``.
 
-    Square grids at the model's size go through ``generator.decode``; others are decoded whole by
-    the VQGAN (convolutional, global attention over h·w): no tiles, no stitching. A generator that
-    offers ``decode_grid`` itself is used as is.
+    The VQGAN is convolutional (global attention over h·w), so a wide grid is decoded whole: no
+    tiles, no stitching.
     """
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be a 2-D grid [h, w], got shape {tokens.shape}")
-    own = getattr(generator, "decode_grid", None)
-    if own is not None:
-        return np.asarray(own(tokens))
-    vq_cfg = generator.variant.vqgan
-    if tokens.shape == (vq_cfg.grid_size, vq_cfg.grid_size):
-        return np.asarray(generator.decode(tokens[None]))[0]
-    if tokens.min() < 0 or tokens.max() >= vq_cfg.n_embed:
-        raise ValueError(f"tokens must be VQGAN codes in [0, {vq_cfg.n_embed})")
-    # Generator.decode only takes its square grid; the VQGAN params are reached directly here.
-    params = generator._vqgan_params
-    return np.asarray(_vqgan_decoder(vq_cfg)(params, tokens[None]))[0]
+    return np.asarray(generator.decode_grid(tokens))

@@ -10,7 +10,6 @@ import pytest
 from dalle_core.config import BartConfig, CLIPConfig, ModelVariant, VQGANConfig
 from dalle_core.outpaint import (
     OutpaintSettings,
-    _vqgan_decoder,
     decode_grid,
     outpaint_tokens,
     plan_windows,
@@ -211,6 +210,7 @@ def test_real_generator_outpaints_wide_and_tall(generator):
     assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
     # the whole-grid VQGAN path agrees with the Generator's own decoder on its square grid
     own = generator.decode(original[None])[0]
-    mine = np.asarray(_vqgan_decoder(VQ)(generator._vqgan_params, original[None]))[0]
-    np.testing.assert_array_equal(own, mine)
+    np.testing.assert_array_equal(generator.decode_grid(original), own)
     np.testing.assert_array_equal(decode_grid(generator, original), own)
+    with pytest.raises(ValueError, match="VQGAN codes"):
+        generator.decode_grid(np.full((2, 3), VQ.n_embed))

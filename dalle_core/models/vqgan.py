@@ -267,17 +267,22 @@ class VQModel(nn.Module):
         self.quant_conv = _conv(self.config.embed_dim, 1, self.dtype)
         self.post_quant_conv = _conv(self.config.z_channels, 1, self.dtype)
 
-    def _pre_quant(self, pixels: jax.Array, deterministic: bool) -> jax.Array:
+    def encode_latents(self, pixels: jax.Array, deterministic: bool = True) -> jax.Array:
+        """pixels float [B, H, W, 3] in [0, 1] → latents before quantization [B, h, w, embed_dim]."""
         return self.quant_conv(self.encoder(pixels.astype(self.dtype), deterministic))
 
     def encode(self, pixels: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
         """pixels float [B, H, W, 3] in [0, 1] → (quantized [B, h, w, embed_dim], indices int32 [B, h·w])."""
-        return self.quantize(self._pre_quant(pixels, deterministic))
+        return self.quantize(self.encode_latents(pixels, deterministic))
 
     def decode(self, z_q: jax.Array, deterministic: bool = True) -> jax.Array:
         """quantized latents [B, h, w, embed_dim] → raw pixels float32 [B, H, W, 3] (not clipped)."""
         x = self.decoder(self.post_quant_conv(z_q), deterministic)
         return x.astype(jnp.float32)
+
+    def lookup_grid(self, indices: jax.Array) -> jax.Array:
+        """indices int [B, h, w] (any h, w) → codebook vectors [B, h, w, embed_dim]."""
+        return self.quantize.embedding(indices.astype(jnp.int32))
 
     def decode_code(self, indices: jax.Array) -> jax.Array:
         """indices int [B, h·w] → pixels float32 [B, H, W, 3] clipped to [0, 1]."""
@@ -294,7 +299,7 @@ class VQModel(nn.Module):
         outputs towards their codes; weight it by β, 0.25 in taming) and ``indices`` int32 [B, h·w].
         Dropout needs a ``"dropout"`` rng when ``train`` and ``config.dropout`` > 0 (it is 0 here).
         """
-        z = self._pre_quant(pixels, deterministic=not train)
+        z = self.encode_latents(pixels, deterministic=not train)
         z_q, indices = self.quantize(z)
         sg = jax.lax.stop_gradient
         codebook_loss = jnp.mean((sg(z) - z_q) ** 2)

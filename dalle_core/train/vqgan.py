@@ -74,7 +74,7 @@ class VQGANTrainConfig:
 
 def _ae_forward(model: VQModel, pixels):
     """Plain autoencoder pass (no quantizer): the warm-up phase."""
-    return model.decode(model._pre_quant(pixels, True))
+    return model.decode(model.encode_latents(pixels, True))
 
 
 def _pixel_loss(recon, pixels, tcfg: VQGANTrainConfig):
@@ -131,12 +131,12 @@ def _compiled(cfg: VQGANConfig, tcfg: VQGANTrainConfig):
 
             opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, label)
             tcfg = dataclasses.replace(tcfg, crop=None, restart_every=0, ae_steps=0)
-        _CACHE[key] = (opt, make_train_step(model, opt, tcfg), jax.jit(partial(_pre_quant, model)))
+        _CACHE[key] = (opt, make_train_step(model, opt, tcfg), jax.jit(partial(_latents, model)))
     return _CACHE[key]
 
 
-def _pre_quant(model: VQModel, params, pixels):
-    return model.apply({"params": params}, pixels, method=lambda m, x: m._pre_quant(x, True))
+def _latents(model: VQModel, params, pixels):
+    return model.apply({"params": params}, pixels, method="encode_latents")
 
 
 def restart_dead_codes(codebook: np.ndarray, usage: np.ndarray, z: np.ndarray, rng: np.random.Generator,

@@ -1,4 +1,4 @@
-"""Write tiny DalleBart and CLIP checkpoints with the ORIGINAL implementations, plus their outputs.
+"""Write tiny DalleBart, VQGAN and CLIP checkpoints with the ORIGINAL implementations, plus their outputs.
 
 The fixtures in ``tests/fixtures/reference/`` are what another implementation writes in the published
 layouts; ``tests/test_reference_checkpoints.py`` loads them with our loaders and must reproduce the
@@ -10,6 +10,9 @@ Regenerate (from the repository root; takes well under a minute on CPU)::
     /work/venv-ref/bin/pip install "jax==0.4.13" "jaxlib==0.4.13" "flax==0.6.11" "orbax==0.0.23" \
         "transformers==4.25.1" "numpy==1.24.4" einops unidecode ftfy emoji pillow wandb
     /work/venv-ref/bin/pip install --no-deps "dalle-mini==0.1.5"
+    # vqgan-jax is not on PyPI: install a checkout of github.com/patil-suraj/vqgan-jax
+    # (commit 10ef240, which has the July 2022 attention fixes) into the same venv
+    /work/venv-ref/bin/pip install --no-deps /path/to/vqgan-jax
     JAX_PLATFORMS=cpu nice -n 10 /work/venv-ref/bin/python benchmarks/crosscheck_reference.py
 
 Pins that install and import together (Python 3.10.13, x86_64 Linux, checked with this script):
@@ -49,6 +52,9 @@ Each folder also gets ``reference_outputs.npz`` (float32 outputs, int32 inputs):
   EOS as CLIP's tokenizer does), ``pixel_values`` [3, 32, 32, 3] NHWC (the reference is fed its
   NCHW transpose), ``text_features`` [2, P], ``image_features`` [3, P] (projected, unnormalised),
   ``logits_per_image`` [3, 2].
+- VQGAN (``vqgan/``, vqgan-jax's ``VQModel``): ``pixel_values`` [2, 16, 16, 3] in [0, 1],
+  ``quantized`` and ``indices`` from ``encode``, ``reconstruction`` (``decode`` of ``quantized``,
+  raw, not clipped), ``codes`` [2, 64] and ``decoded`` (``decode_code``, raw).
 """
 
 from __future__ import annotations
@@ -241,10 +247,50 @@ def write_clip(seed: int):
     return folder
 
 
+def write_vqgan(seed: int):
+    """vqgan-jax's ``VQModel``: a tiny f2 model (16×16 pixels → 8×8 codes) with attention at 8×8
+    and in the middle block, so the attention blocks' weights are exercised. GroupNorm has 32 groups
+    in vqgan-jax, so 32 channels is the least (all levels keep 32 to keep the fixture small)."""
+    import jax.numpy as jnp
+    from vqgan_jax.configuration_vqgan import VQGANConfig
+    from vqgan_jax.modeling_flax_vqgan import VQModel
+
+    config = VQGANConfig(
+        ch=32,
+        ch_mult=(1, 1),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        resolution=16,
+        z_channels=8,
+        embed_dim=8,
+        n_embed=16,
+    )
+    model = VQModel(config, input_shape=(1, 16, 16, 3), seed=seed, dtype=jnp.float32)
+    params = _redraw(model.params, seed)
+    model.params = params
+    folder = OUT / "vqgan"
+    model.save_pretrained(folder, params=params)
+
+    rng = np.random.default_rng(seed + 1)
+    pixels = rng.random((2, 16, 16, 3)).astype(np.float32)  # [0, 1], NHWC (dalle-mini's convention)
+    quantized, indices = model.encode(jnp.asarray(pixels), params=params)
+    codes = rng.integers(0, config.n_embed, (2, 64)).astype(np.int32)
+    np.savez_compressed(
+        folder / "reference_outputs.npz",
+        pixel_values=pixels,
+        quantized=np.asarray(quantized, np.float32),
+        indices=np.asarray(indices, np.int32),
+        reconstruction=np.asarray(model.decode(quantized, params=params), np.float32),
+        codes=codes,
+        decoded=np.asarray(model.decode_code(codes, params=params), np.float32),
+    )
+    return folder
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    names = ("dalle-mini", "jax", "jaxlib", "flax", "transformers", "numpy")
+    names = ("dalle-mini", "vqgan-jax", "jax", "jaxlib", "flax", "transformers", "numpy")
     return {"python": sys.version.split()[0], **{n: version(n) for n in names}}
 
 
@@ -258,6 +304,7 @@ def main() -> None:
         "dallebart_unscanned", False, image_vocab_size=47, start_id=40, seed=10
     )
     write_clip(seed=20)
+    write_vqgan(seed=30)
     versions = _versions()
     (OUT / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())

@@ -1,7 +1,7 @@
 """Checkpoints written by the original implementations load and reproduce their outputs.
 
-The fixtures in ``tests/fixtures/reference/`` were written by dalle-mini's ``DalleBart`` and
-transformers' ``FlaxCLIPModel`` (``save_pretrained``), together with those models' outputs on fixed
+The fixtures in ``tests/fixtures/reference/`` were written by dalle-mini's ``DalleBart``,
+vqgan-jax's ``VQModel`` and transformers' ``FlaxCLIPModel`` (``save_pretrained``), together with those models' outputs on fixed
 inputs; ``benchmarks/crosscheck_reference.py`` regenerates them (versions in
 ``fixtures/reference/versions.json``). No reference package is needed here.
 
@@ -23,8 +23,10 @@ import pytest
 from dalle_core.checkpoints import flatten, read_msgpack
 from dalle_core.checkpoints.bart import load_dalle_bart
 from dalle_core.checkpoints.clip import load_clip
+from dalle_core.checkpoints.vqgan import load_vqgan
 from dalle_core.models.bart import DalleBart, init_kv_cache, unscan_params
 from dalle_core.models.clip import CLIPModel
+from dalle_core.models.vqgan import VQModel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 BART_FOLDERS = ["dallebart_scanned", "dallebart_unscanned"]
@@ -140,3 +142,40 @@ def test_clip_features_and_logits_match_reference(clip):
     assert_matches(text, ref["text_features"], "text features")
     assert_matches(image, ref["image_features"], "image features")
     assert_matches(logits, ref["logits_per_image"], "logits_per_image")
+
+
+@pytest.fixture(scope="module")
+def vqgan():
+    folder = FIXTURES / "vqgan"
+    cfg, params = load_vqgan(folder)
+    return cfg, params, _reference(folder)
+
+
+def test_vqgan_config_is_read_as_written(vqgan):
+    cfg, _, _ = vqgan
+    assert (cfg.ch, tuple(cfg.ch_mult), cfg.num_res_blocks, tuple(cfg.attn_resolutions)) == (32, (1, 1), 1, (8,))
+    assert (cfg.resolution, cfg.z_channels, cfg.embed_dim, cfg.n_embed) == (16, 8, 8, 16)
+    assert cfg.grid_size == 8
+
+
+def test_vqgan_encode_and_decode_match_reference(vqgan):
+    """Encoder + quantizer (same codes), decoder from latents and from codes ("images")."""
+    cfg, params, ref = vqgan
+    model, variables = VQModel(cfg), {"params": params}
+
+    @jax.jit
+    def run(pixels, codes):
+        quantized, indices = model.apply(variables, pixels, method="encode")
+        reconstruction = model.apply(variables, quantized, method="decode")
+        grid = codes.reshape(codes.shape[0], cfg.grid_size, cfg.grid_size)
+        decoded = model.apply(variables, model.apply(variables, grid, method="lookup_grid"), method="decode")
+        return quantized, indices, reconstruction, decoded, model.apply(variables, codes, method="decode_code")
+
+    quantized, indices, reconstruction, decoded, clipped = run(ref["pixel_values"], ref["codes"])
+    np.testing.assert_array_equal(indices, ref["indices"])
+    assert len(np.unique(ref["indices"])) > 3  # the check covers more than one or two codes
+    assert_matches(quantized, ref["quantized"], "quantized latents")
+    assert_matches(reconstruction, ref["reconstruction"], "reconstruction")
+    assert_matches(decoded, ref["decoded"], "decode_code")
+    # ours clips decode_code's pixels to [0, 1]; vqgan-jax returns them raw
+    assert_matches(clipped, np.clip(ref["decoded"], 0.0, 1.0), "decode_code clipped")

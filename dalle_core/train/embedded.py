@@ -54,9 +54,9 @@ class EmbeddedConfig:
     )
     # decoder-only VQGAN steps after the tokens are fixed (may run alongside the bart stage)
     vqgan_decoder: VQGANTrainConfig = VQGANTrainConfig(
-        steps=3000, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, ckpt_every=100
+        steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, ckpt_every=100
     )
-    bart: dict = field(default_factory=lambda: {"steps": 2400, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
+    bart: dict = field(default_factory=lambda: {"steps": 10000, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
     clip: dict = field(default_factory=lambda: {"steps": 500, "batch_size": 32, "lr": 1e-3})  # CLIPTrainConfig fields
 
 

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+TOP_K = 64  # dalle-mini's default
+
 
 def _random_params(cfg, dtype, seed: int = 0):
     """Random weights made on the default device in one compiled call (no host copy of mega)."""
@@ -99,13 +101,18 @@ def run_one(variant: str, batch: int, impl: str, tokens: int, dtype_name: str) -
     mask = (ids != 1).astype(np.int32)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     settings = LogitSettings.create(
-        temperature=1.0, top_k=64, num_valid=min(16384, cfg.image_vocab_size)
+        temperature=1.0, top_k=TOP_K, num_valid=min(16384, cfg.image_vocab_size)
     )
     scale = jnp.float32(10.0)
 
-    def logits_of(raw):
+    def guided_logits(params, token, index, cache, cross):
+        """One decoder step for the cond + uncond rows → (guided logits [batch, V], cache)."""
+        fed = jnp.concatenate([token, token])
+        raw, cache = model.apply(
+            {"params": params}, fed[:, None], index, cache, cross, mask, method=DalleBart.decode_step
+        )
         raw = raw[:, 0].astype(jnp.float32)
-        return super_condition(raw[:batch], raw[batch:], scale)
+        return super_condition(raw[:batch], raw[batch:], scale), cache
 
     if impl in ("ours", "scanned"):
 
@@ -119,17 +126,7 @@ def run_one(variant: str, batch: int, impl: str, tokens: int, dtype_name: str) -
         @jax.jit
         def loop(params, cross, state):
             def step(token, index, cache):
-                fed = jnp.concatenate([token, token])
-                raw, cache = model.apply(
-                    {"params": params},
-                    fed[:, None],
-                    index,
-                    cache,
-                    cross,
-                    mask,
-                    method=DalleBart.decode_step,
-                )
-                return logits_of(raw), cache
+                return guided_logits(params, token, index, cache, cross)
 
             return sample_steps(step, state, tokens, settings).tokens
 
@@ -153,18 +150,8 @@ def run_one(variant: str, batch: int, impl: str, tokens: int, dtype_name: str) -
         def step(params, enc, token, index, cache, key):
             # the references project cross-attention K/V from the encoder output at every step
             cross = model.apply({"params": params}, enc, method=DalleBart.cross_kv)
-            fed = jnp.concatenate([token, token])
-            raw, cache = model.apply(
-                {"params": params},
-                fed[:, None],
-                index,
-                cache,
-                cross,
-                mask,
-                method=DalleBart.decode_step,
-            )
-            logits = process_logits(logits_of(raw), plain)
-            logits = reference_top_k(logits, 64)
+            logits, cache = guided_logits(params, token, index, cache, cross)
+            logits = reference_top_k(process_logits(logits, plain), TOP_K)
             nxt = jax.random.categorical(jax.random.fold_in(key, index), logits).astype(jnp.int32)
             return nxt, cache
 

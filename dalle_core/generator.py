@@ -319,8 +319,9 @@ class Generator:
         return sample_steps(step, state, num_steps, settings, forced_tokens, forced_mask)
 
     def _decode_codes(self, params, codes):
-        pixels = self._vqgan.apply({"params": params}, codes, method="decode_code")
-        return jnp.round(jnp.clip(pixels, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+        """codes int32 [B, grid²] → uint8 [B, H, W, 3]."""
+        g = self.variant.vqgan.grid_size
+        return self._decode_code_grid(params, codes.reshape(codes.shape[0], g, g))
 
     def _decode_code_grid(self, params, codes):
         """codes int32 [B, h, w] → uint8 [B, h·f, w·f, 3]."""
@@ -446,9 +447,7 @@ class Generator:
         if tokens.ndim < 2 or tokens.shape[-2:] != (g, g):
             raise ValueError(f"tokens must end in ({g}, {g}), got shape {tokens.shape}")
         lead = tokens.shape[:-2]
-        flat = tokens.reshape(-1, g * g).astype(np.int32)
-        if flat.size and (flat.min() < 0 or flat.max() >= self.variant.vqgan.n_embed):
-            raise ValueError(f"tokens must be VQGAN codes in [0, {self.variant.vqgan.n_embed})")
+        flat = self._check_codes(tokens.reshape(-1, g * g))
         res = self.variant.vqgan.resolution
         out = _batched(self._decode_fn, self._vqgan_params, flat)
         return out.reshape(lead + (res, res, 3))
@@ -456,13 +455,18 @@ class Generator:
     def decode_grid(self, tokens) -> np.ndarray:
         """VQGAN codes int [h, w] of any size → uint8 pixels [h·f, w·f, 3] (outpainting's wide
         grids; the VQGAN is convolutional, so the grid is decoded whole). Compiled per shape."""
-        tokens = np.asarray(tokens, np.int32)
+        tokens = np.asarray(tokens)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be a 2-D grid [h, w], got shape {tokens.shape}")
+        tokens = self._check_codes(tokens)
+        return np.asarray(self._decode_grid_fn(self._vqgan_params, tokens[None]))[0]
+
+    def _check_codes(self, tokens: np.ndarray) -> np.ndarray:
+        """Refuse ids outside the VQGAN codebook; → int32."""
         n_embed = self.variant.vqgan.n_embed
         if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
             raise ValueError(f"tokens must be VQGAN codes in [0, {n_embed})")
-        return np.asarray(self._decode_grid_fn(self._vqgan_params, tokens[None]))[0]
+        return tokens.astype(np.int32)
 
     def encode(self, images) -> np.ndarray:
         """uint8 images [B, H, W, 3] → VQGAN codes int32 [B, grid, grid].

@@ -18,7 +18,13 @@ from dalle_core.checkpoints.bart import (
     save_dalle_bart,
 )
 from dalle_core.config import BartConfig, get_variant, replace
-from dalle_core.models.bart import DalleBart, init_kv_cache, init_params, param_shapes, unscan_params
+from dalle_core.models.bart import (
+    DalleBart,
+    init_kv_cache,
+    init_params,
+    param_shapes,
+    unscan_params,
+)
 from dalle_core.text import build_fallback_tokenizer
 
 # Smaller than `tiny` so that compiles stay quick; 3 layers so stacking order matters.

@@ -209,7 +209,7 @@ def load_dalle_bart(source: str | os.PathLike, dtype: Any = None) -> tuple[BartC
     mega). Raises :class:`CheckpointError` naming the key on a missing/unexpected key or a shape
     mismatch, and on unreadable files.
     """
-    from dalle_core.models.bart import param_shapes, unscan_params
+    from dalle_core.models.bart import param_shapes
 
     folder = resolve_source(source, files=(CONFIG_NAME, WEIGHTS_NAME))
     cfg = read_config(folder)

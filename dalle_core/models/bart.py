@@ -87,8 +87,10 @@ def init_kv_cache(
     head_dim = cfg.d_model // cfg.attention_heads
     shape = (batch, cfg.attention_heads, cfg.image_length, head_dim)
     if per_layer:
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.decoder_layers))
-        return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.decoder_layers)))
+        def layers():
+            return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.decoder_layers))
+
+        return KVCache(k=layers(), v=layers())
     shape = (cfg.decoder_layers, *shape)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 

@@ -66,3 +66,22 @@ def test_the_check_fails_on_random_weights():
     ok = [_passes(images[i, j], PROMPTS[t]) for i, t in enumerate(texts) for j in range(N)]
     assert sum(ok) == 0
     assert not np.all(images == 255)  # random weights still draw something
+
+
+def test_evaluation_scores_the_held_out_prompts(generator):
+    """The evaluation (issue 4's pixel-checker numbers) on a few held-out prompts of each kind."""
+    from dalle_core.train.evaluate import evaluate, format_report
+
+    report = evaluate("embedded", n=2, condition_scales=(1.0,), top_k=4, limit=2, batch_prompts=8,
+                      generator=generator, details=True)
+    row = report["scales"]["1.0"]
+    assert {m: row[m]["count"] for m in ("colour_shape", "position", "relation")} == {"colour_shape": 4, "position": 2, "relation": 2}
+    for m in ("colour_shape", "position", "relation"):
+        assert 0.0 <= row[m]["first"] <= 1.0 and 0.0 <= row[m]["clip"] <= 1.0
+    rows = report["details"]["1.0"]
+    assert len(rows) == 6 and all(len(r["ok"]) == 2 and len(r["seen"]) == 2 for r in rows)
+    # the details agree with the summary: the mean over samples of each kind
+    rel = [np.mean(r["ok"]) for r in rows if r["metric"] == "relation"]
+    assert abs(np.mean(rel) - row["relation"]["mean"]) < 1e-3
+    text = format_report(report)
+    assert "relation" in text and "scale 1.0" in text

@@ -172,6 +172,20 @@ def test_perturb_changes_what_the_checker_sees(train_data):
     for sc in train_data.scenes[:60]:
         p = S.perturb(sc, rng)
         assert S.canonical_caption(p) != S.canonical_caption(sc)
+        assert not all(S.check(S.render(sc), p).values())  # the checker tells them apart
+
+
+def test_perturb_covers_binding_and_size():
+    """Two objects of different shapes can swap shapes (colours and shapes all still named);
+    a single object with a size word can change size."""
+    pair = S.Scene((S.Obj("red", "circle", 16.0, 32.0, 20), S.Obj("blue", "square", 48.0, 32.0, 20)), relation="left_of")
+    sized = S.Scene((S.Obj("red", "circle", 32.0, 32.0, 12),), size="small")
+    rng = np.random.default_rng(0)
+    pairs = {S.canonical_caption(S.perturb(pair, rng)) for _ in range(200)}
+    sizes = {S.canonical_caption(S.perturb(sized, rng)) for _ in range(200)}
+    assert "a red square to the left of a blue circle" in pairs
+    assert "a red circle to the right of a blue square" in pairs
+    assert "a large red circle" in sizes
 
 
 def test_bad_arguments_fail_clearly():

@@ -169,6 +169,8 @@ def test_clip_steps_lower_the_loss(tmp_path, data):
     images = _small_images(data.images)
     tcfg = CLIPTrainConfig(steps=8, batch_size=16, lr=3e-3, warmup=1, log_every=1, ckpt_every=8)
     train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip", tcfg)
+    caps, negs = shapes_caption_fn(data.scenes)(np.arange(4), np.random.default_rng(0), 3)
+    assert len(caps) == 4 and len(negs) == 12
     logged = [json.loads(line) for line in (tmp_path / "clip" / "log.jsonl").read_text().splitlines()]
     assert logged[-1]["loss"] < logged[0]["loss"]
 
@@ -262,3 +264,18 @@ def test_finetune_lowers_loss_on_new_pairs(tmp_path, data, tokenizer):
     assert json.loads((tmp_path / "out" / "finetune_report.json").read_text())["pairs"] == 8
     with pytest.raises(ValueError, match="freeze_layers"):
         finetune(tmp_path / "new", base, tmp_path / "out2", freeze_layers=5, steps=1)
+
+
+def test_edge_mask_marks_the_outline_of_a_shape():
+    from dalle_core.train.vqgan import edge_mask
+
+    sc = S.Scene((S.Obj("red", "square", 32.0, 32.0, 20),))
+    img = S.render(sc).astype(np.float32)[None] / 255.0
+    edge = np.asarray(edge_mask(img))[0, :, :, 0]
+    ink = img[0].min(-1) < 0.6
+    # every marked pixel touches the square's border: inside and outside interiors stay unmarked
+    assert edge[32, 32] == 0 and edge[2, 2] == 0
+    ys, xs = np.nonzero(ink)
+    assert edge[ys.min(), 32] == 1 and edge[ys.min() - 1, 32] == 1 and edge[ys.min() + 2, 32] == 0
+    side = int(np.sqrt(ink.sum()))  # 20: rings one pixel inside and one outside the border
+    assert edge.sum() == ((side + 2) ** 2 - side**2) + (side**2 - (side - 2) ** 2)

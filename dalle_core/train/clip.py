@@ -1,9 +1,11 @@
 """Train a CLIP on (caption, image) pairs with the symmetric contrastive loss; resumable.
 
 Images go through ``rank.clip_preprocess`` — the exact preprocessing used when CLIP ranks
-candidates. Besides the in-batch negatives, each image can bring one hard-negative caption (the
-same scene with one scored attribute changed: a colour, a shape, the position or the relation),
-so the model learns the distinctions re-ranking needs, not just "which colours are present".
+candidates. Besides the in-batch negatives, each image brings ``hard_negatives`` perturbed
+captions (the same scene with one scored attribute changed: a colour, a shape, the position, the
+size, the relation, or the two objects' shapes swapped), so the model learns the distinctions
+re-ranking needs, not just "which colours are present". With ``reconstructions`` it also sees the
+VQGAN's reconstructions of the renders, which have the same artefacts as generated images.
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CLIPTrainConfig:
-    """Hyper-parameters of a CLIP run (``hard_negatives``: add one perturbed caption per image)."""
+    """Hyper-parameters of a CLIP run.
+
+    hard_negatives: perturbed captions per image (0: in-batch negatives only).
+    reconstructions: also train on the VQGAN's reconstructions of the renders (the embedded
+        pipeline's clip stage), i.e. on images with the artefacts generated images have, since
+        those are what CLIP ranks.
+    """
 
     steps: int = 600
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.05
-    hard_negatives: bool = True
+    hard_negatives: int = 1
+    reconstructions: bool = False
     ckpt_every: int = 200
     log_every: int = 25
     seed: int = 0
@@ -87,8 +96,8 @@ def train_clip(
 ) -> dict:
     """Train on uint8 images [N, H, W, 3].
 
-    caption_fn(indices int [B], rng) → (captions [B], negative captions [B] or None): fresh
-    wordings each step. tokenizer: ``rank.ClipTokenizer`` (texts → ids, mask [B, L]).
+    caption_fn(indices int [B], rng, k) → (captions [B], k·B negative captions or None): fresh
+    wordings each step, ``k = tcfg.hard_negatives``. tokenizer: ``rank.ClipTokenizer`` (texts → ids, mask [B, L]).
     """
     images = np.asarray(images)
     if len(images) == 0:
@@ -111,8 +120,8 @@ def train_clip(
     for step in range(start, tcfg.steps):
         rng = np.random.default_rng([tcfg.seed, step])  # batches depend only on (seed, step)
         idx = rng.integers(len(images), size=tcfg.batch_size)
-        caps, negs = caption_fn(idx, rng)
-        texts = list(caps) + (list(negs) if tcfg.hard_negatives and negs is not None else [])
+        caps, negs = caption_fn(idx, rng, int(tcfg.hard_negatives))
+        texts = list(caps) + (list(negs) if negs is not None else [])
         ids, mask = tokenizer(texts)
         params, opt_state, metrics = step_fn(params, opt_state, ids, mask, images[idx])
         progress.update(step + 1, jax.device_get(metrics))
@@ -122,13 +131,13 @@ def train_clip(
 
 
 def shapes_caption_fn(scenes):
-    """caption_fn for the shapes domain: a random wording and a hard negative per scene."""
+    """caption_fn for the shapes domain: a random wording and ``k`` hard negatives per scene."""
     from dalle_core.train import shapes
 
-    def fn(idx, rng):
+    def fn(idx, rng, k=1):
         caps = [shapes.caption(scenes[i], rng) for i in idx]
-        negs = [shapes.caption(shapes.perturb(scenes[i], rng), rng) for i in idx]
-        return caps, negs
+        negs = [shapes.caption(shapes.perturb(scenes[i], rng), rng) for _ in range(k) for i in idx]
+        return caps, (negs or None)
 
     return fn
 
@@ -149,7 +158,19 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
     tokenizer = load_clip_tokenizer(out / "tokenizer" / "clip", cfg.text.max_position_embeddings)
     train = _load_data(out, "train")
     tcfg = CLIPTrainConfig.from_dict(ecfg.clip)
-    params = train_clip(cfg, train.images, shapes_caption_fn(train.scenes), tokenizer, out / "clip_run", tcfg, resume=resume)
+    images, scenes = train.images, list(train.scenes)
+    if tcfg.reconstructions:
+        from dalle_core.checkpoints.vqgan import load_vqgan
+        from dalle_core.train.vqgan import decode_codes, encode_images
+
+        vq_folder = out / "model" / "vqgan"
+        if not (vq_folder / "config.json").exists():
+            raise FileNotFoundError(f"clip.reconstructions needs the trained VQGAN in {vq_folder}: run the vqgan stage first")
+        vq_cfg, vq_params = load_vqgan(vq_folder)
+        log.info("clip: reconstructing %d training images with %s", len(images), vq_folder)
+        images = np.concatenate([images, decode_codes(vq_cfg, vq_params, encode_images(vq_cfg, vq_params, images))])
+        scenes = scenes + scenes
+    params = train_clip(cfg, images, shapes_caption_fn(scenes), tokenizer, out / "clip_run", tcfg, resume=resume)
     save_clip(folder, cfg, params)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"):
         shutil.copy(out / "tokenizer" / "clip" / name, folder / name)

@@ -57,7 +57,8 @@ class EmbeddedConfig:
         steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, ckpt_every=100
     )
     bart: dict = field(default_factory=lambda: {"steps": 10000, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
-    clip: dict = field(default_factory=lambda: {"steps": 500, "batch_size": 32, "lr": 1e-3})  # CLIPTrainConfig fields
+    clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
+        "steps": 3000, "batch_size": 64, "lr": 1e-3, "hard_negatives": 3, "reconstructions": True})
 
 
 def load_config(path: str | os.PathLike | None, **overrides) -> EmbeddedConfig:

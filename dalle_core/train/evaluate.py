@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,12 +50,14 @@ def evaluate(
     out: str | os.PathLike | None = None,
     limit: int | None = None,
     generator=None,
+    details: bool = False,
 ) -> dict:
     """Generate for the ``split`` prompts and score; returns a JSON-able report (also written to ``out``).
 
     report["scales"][str(scale)][metric] = {"first": acc, "clip": acc | None, "mean": acc, "count": prompts}.
     ``limit`` keeps the first prompts of each kind (quick checks). ``generator``: an already
-    loaded ``Generator`` (else loaded from ``model_dir``).
+    loaded ``Generator`` (else loaded from ``model_dir``). ``details``: also keep, per scale and
+    prompt, each sample's result and what the checker saw (``report["details"][scale]``).
     """
     from dalle_core.generator import Generator
     from dalle_core.train import shapes
@@ -75,6 +78,7 @@ def evaluate(
         settings = SamplingSettings(condition_scale=float(scale), top_k=top_k, top_p=None, temperature=1.0)
         t0 = time.time()
         hits: dict[str, dict[str, list]] = {m: {"first": [], "clip": [], "mean": []} for m in METRICS}
+        rows: list[dict] = []
         for start in range(0, len(prompts), batch_prompts):
             chunk = prompts[start : start + batch_prompts]
             # pad the last chunk with repeats: one batch shape, one compilation
@@ -85,6 +89,12 @@ def evaluate(
             for i, p in enumerate(chunk):
                 results = [shapes.check(images[i, j], p.scene) for j in range(n)]
                 best = int(np.argmax(scores[i])) if scores is not None else None
+                if details:
+                    key = _prompt_metrics(p)[-1]
+                    seen = [", ".join(f"{c.colour} {c.shape}" for c in shapes._significant(shapes.analyze(images[i, j])))
+                            for j in range(n)]
+                    rows.append({"prompt": p.text, "metric": key, "ok": [bool(r[key]) for r in results],
+                                 "clip_pick": best, "seen": seen})
                 for m in _prompt_metrics(p):
                     col = [bool(r[m]) for r in results]
                     hits[m]["first"].append(col[0])
@@ -104,6 +114,8 @@ def evaluate(
             }
         row["seconds"] = round(seconds, 1)
         report["scales"][str(float(scale))] = row
+        if details:
+            report.setdefault("details", {})[str(float(scale))] = rows
         log.info("scale %s: %s", scale, json.dumps(row))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +133,14 @@ def format_report(report: dict) -> str:
                 r = row[m]
                 clip = f"{r['clip']:.3f}" if r["clip"] is not None else "   -"
                 lines.append(f"{scale:>6} {m:<13} {r['first']:7.3f} {clip:>7} {r['mean']:7.3f} {r['count']:6d}")
+    for scale, rows in report.get("details", {}).items():
+        lines.append(f"scale {scale}, prompts whose CLIP pick (or first sample) fails; right/samples, what the checker saw:")
+        for r in rows:
+            pick = r["clip_pick"] if r["clip_pick"] is not None else 0
+            if not r["ok"][pick]:
+                common = Counter(r["seen"]).most_common(3)
+                lines.append(f"  {r['metric']:<12} {sum(r['ok']):>2}/{len(r['ok'])}  {r['prompt']!r}: "
+                             + "; ".join(f"{k or 'nothing'} ×{v}" for k, v in common))
     return "\n".join(lines)
 
 
@@ -136,11 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="heldout", choices=("heldout", "train"))
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts of each kind")
     p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--details", action="store_true", help="list the prompts that fail and what the checker saw")
     a = p.parse_args(argv)
     setup_logging()
     scales = [float(s) for s in a.scales.split(",") if s.strip()]
     report = evaluate(a.model_dir, n=a.n, condition_scales=scales, seed=a.seed, top_k=a.top_k or None,
-                      split=a.split, out=a.out, limit=a.limit)
+                      split=a.split, out=a.out, limit=a.limit, details=a.details)
     print(format_report(report))  # noqa: T201 - CLI output
     return 0
 

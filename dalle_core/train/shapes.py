@@ -672,23 +672,39 @@ def save_dataset(path, data: ShapesData) -> None:
 def perturb(scene: Scene, rng: np.random.Generator) -> Scene:
     """A scene that differs from ``scene`` in exactly one thing the checker scores.
 
-    One of: an object's colour, an object's shape, the position (single object) or the relation
-    (two objects: the converse, i.e. the objects swap places). Hard negatives for CLIP.
+    One of: an object's colour, an object's shape, the position (single object), the size (a
+    single object whose size is named), the relation (two objects: the converse, i.e. the objects
+    swap places) or the binding (two objects of different shapes swap shapes, so both colours and
+    both shapes are still present: "a blue circle left of a red triangle" against "a blue
+    triangle left of a red circle", the mistake a model that learned combinations makes).
+    Hard negatives for CLIP.
     """
     objs = list(scene.objects)
+    kinds = ["colour", "shape", "relation" if scene.kind == "pair" else "position"]
+    if scene.kind == "pair" and objs[0].shape != objs[1].shape:
+        kinds.append("binding")
+    if scene.size is not None:
+        kinds.append("size")
+    what = kinds[int(rng.integers(len(kinds)))]
     i = int(rng.integers(len(objs)))
-    what = int(rng.integers(3))
-    if what == 0:
+    if what == "colour":
         taken = {o.colour for o in objs}
         colour = str(rng.choice([c for c in COLOURS if c not in taken]))
         objs[i] = dataclasses.replace(objs[i], colour=colour)
         return dataclasses.replace(scene, objects=tuple(objs))
-    if what == 1:
+    if what == "shape":
         shape = str(rng.choice([s for s in SHAPES if s != objs[i].shape]))
         objs[i] = dataclasses.replace(objs[i], shape=shape)
         return dataclasses.replace(scene, objects=tuple(objs))
-    if scene.kind == "pair":
+    if what == "binding":
+        a, b = objs
+        return dataclasses.replace(scene, objects=(dataclasses.replace(a, shape=b.shape), dataclasses.replace(b, shape=a.shape)))
+    if what == "relation":
         converse = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
         return dataclasses.replace(scene, relation=converse[scene.relation])
-    position = str(rng.choice([p for p in POSITIONS if p != scene.position]))
+    if what == "size":
+        return dataclasses.replace(scene, size="large" if scene.size == "small" else "small")
+    # a position the object is not in (an unpositioned object may well sit "at the bottom")
+    where = position_of(objs[0].cx, objs[0].cy) | {scene.position}
+    position = str(rng.choice([p for p in POSITIONS if p not in where]))
     return dataclasses.replace(scene, position=position)

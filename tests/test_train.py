@@ -279,3 +279,15 @@ def test_edge_mask_marks_the_outline_of_a_shape():
     assert edge[ys.min(), 32] == 1 and edge[ys.min() - 1, 32] == 1 and edge[ys.min() + 2, 32] == 0
     side = int(np.sqrt(ink.sum()))  # 20: rings one pixel inside and one outside the border
     assert edge.sum() == ((side + 2) ** 2 - side**2) + (side**2 - (side - 2) ** 2)
+
+
+def test_decode_codes_decodes_repeated_rows_once_and_keeps_the_order():
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train.vqgan import decode_codes
+
+    params = init_vqgan_params(VQ, jax.random.PRNGKey(4))
+    rows = np.random.default_rng(0).integers(VQ.n_embed, size=(3, VQ.grid_size**2))
+    codes = rows[[2, 0, 2, 1, 0]]
+    one_by_one = np.concatenate([decode_codes(VQ, params, r[None]) for r in codes])
+    np.testing.assert_array_equal(decode_codes(VQ, params, codes), one_by_one)
+    assert not np.array_equal(one_by_one[0], one_by_one[1])

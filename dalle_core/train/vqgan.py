@@ -338,9 +338,10 @@ def encode_images(cfg: VQGANConfig, params: dict, images: np.ndarray, batch_size
 
 
 def decode_codes(cfg: VQGANConfig, params: dict, codes: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """VQGAN codes int [N, grid²] → uint8 images [N, H, W, 3]."""
+    """VQGAN codes int [N, grid²] → uint8 images [N, H, W, 3] (identical rows decode once)."""
     model = VQModel(cfg)
     fn = jax.jit(lambda p, c: model.apply({"params": p}, c, method="decode_code"))
+    codes, inverse = np.unique(np.asarray(codes, np.int32).reshape(len(codes), -1), axis=0, return_inverse=True)
     out = []
     for s in range(0, len(codes), batch_size):
         chunk = np.asarray(codes[s : s + batch_size], np.int32)
@@ -349,7 +350,7 @@ def decode_codes(cfg: VQGANConfig, params: dict, codes: np.ndarray, batch_size: 
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
         px = np.asarray(fn(params, jnp.asarray(chunk)))[: batch_size - pad]
         out.append(np.round(px * 255.0).astype(np.uint8))
-    return np.concatenate(out)
+    return np.concatenate(out)[inverse.ravel()]
 
 
 def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, scenes) -> dict[str, float]:

@@ -226,3 +226,18 @@ def test_bpe_tokenizers_round_trip(tmp_path, train_data):
     eos = clip.token_to_id("<|endoftext|>")
     assert eos == clip.get_vocab_size() - 1  # EOS is the highest id: CLIP pools there
     assert ids[0, int(mask[0].sum()) - 1] == eos and ids.max() == eos
+
+
+def test_recolour_replaces_palette_colours_consistently():
+    sc = S.Scene((S.Obj("red", "circle", 16.0, 32.0, 20), S.Obj("blue", "square", 48.0, 32.0, 20)), relation="left_of")
+    img = S.render(sc)
+    out = S.recolour(np.stack([img, img]), np.random.default_rng(0), p=1.0)
+    white = (img == 255).all(-1)
+    for o in out:
+        assert (o[white] == 255).all()  # the background stays white
+        for name in ("red", "blue"):
+            where = (img == S.PALETTE[name]).all(-1)
+            colours = np.unique(o[where], axis=0)
+            assert len(colours) == 1 and colours[0].min() <= 200  # one new colour per palette colour
+    assert not np.array_equal(out[0], img) and not np.array_equal(out[0], out[1])
+    np.testing.assert_array_equal(S.recolour(img[None], np.random.default_rng(0), p=0.0)[0], img)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -291,3 +292,24 @@ def test_decode_codes_decodes_repeated_rows_once_and_keeps_the_order():
     one_by_one = np.concatenate([decode_codes(VQ, params, r[None]) for r in codes])
     np.testing.assert_array_equal(decode_codes(VQ, params, codes), one_by_one)
     assert not np.array_equal(one_by_one[0], one_by_one[1])
+
+
+def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
+    from pathlib import Path
+
+    from dalle_core.train.bart import BartTrainConfig
+    from dalle_core.train.clip import CLIPTrainConfig
+    from dalle_core.train.embedded import EmbeddedConfig, load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shipped, default = load_config(configs / "embedded.yaml"), EmbeddedConfig()
+    # the preset and the code's defaults train the same model (checkpoint cadence aside)
+    assert dataclasses.replace(shipped, bart={}, clip={}) == dataclasses.replace(default, bart={}, clip={})
+    for name, cls in (("bart", BartTrainConfig), ("clip", CLIPTrainConfig)):
+        a, b = (dataclasses.replace(cls.from_dict(getattr(c, name)), ckpt_every=0) for c in (shipped, default))
+        assert a == b, name
+    nxt = load_config(configs / "embedded-next.yaml")
+    assert (nxt.vqgan.edge_weight, nxt.vqgan.recolour, nxt.vqgan_decoder.edge_weight) == (8.0, 0.5, 8.0)
+    assert nxt.vqgan_decoder.decoder_only and nxt.bart == shipped.bart and nxt.clip == shipped.clip
+    with pytest.raises(ValueError, match="unknown embedded-training key"):
+        load_config(None, vqgan_steps=3)

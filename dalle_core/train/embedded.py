@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -145,7 +146,8 @@ def train_embedded(
                 log.info("vqgan: already exported")
                 continue
             train = _load_data(out, "train")
-            params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume)
+            augment = functools.partial(shapes.recolour, p=cfg.vqgan.recolour) if cfg.vqgan.recolour else None
+            params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume, augment=augment)
             held = _load_data(out, "heldout")
             report = reconstruction_report(variant.vqgan, params, held.images, held.scenes)
             log.info("vqgan reconstruction, pixel checker on held-out renders: %s", report)

@@ -256,6 +256,26 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return img
 
 
+def recolour(images: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Colour augmentation for the VQGAN: in a share ``p`` of the images, every palette colour
+    is replaced by a random colour (uniform RGB, redrawn while too close to white).
+
+    uint8 [B, H, W, 3] → a new array. It uses no held-out list: it teaches the tokenizer that a
+    shape's outline does not depend on its colour, so it can encode colour×shape×size triples its
+    training renders never combined.
+    """
+    out = np.array(images, copy=True)
+    pal = np.array(list(PALETTE.values()), np.int16)  # [6, 3]
+    for b in np.nonzero(rng.random(len(out)) < p)[0]:
+        new = rng.integers(0, 256, size=(len(pal), 3))
+        while (bad := new.min(axis=1) > 200).any():
+            new[bad] = rng.integers(0, 256, size=(int(bad.sum()), 3))
+        img = out[b].astype(np.int16)
+        for k in range(len(pal)):
+            out[b][(img == pal[k]).all(axis=-1)] = new[k]
+    return out
+
+
 # --- captions -----------------------------------------------------------------------------------
 _SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big")}
 _SHAPE_WORDS = {"circle": ("circle", "circle", "circle", "disk"), "square": ("square",), "triangle": ("triangle",)}

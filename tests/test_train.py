@@ -313,3 +313,19 @@ def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
     assert nxt.vqgan_decoder.decoder_only and nxt.bart == shipped.bart and nxt.clip == shipped.clip
     with pytest.raises(ValueError, match="unknown embedded-training key"):
         load_config(None, vqgan_steps=3)
+
+
+def test_reconstruction_report_breaks_single_objects_down_by_size_and_shape(data):
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train.vqgan import reconstruction_report
+
+    params = init_vqgan_params(VQ, jax.random.PRNGKey(5))
+    # the checker at the VQGAN's 16 px: render the scenes at that size
+    images = np.stack([S.render(sc, size=VQ.resolution) for sc in data.scenes])
+    report = reconstruction_report(VQ, params, images, data.scenes)
+    singles = [sc for sc in data.scenes if sc.kind == "single"]
+    assert sum(v["count"] for v in report["singles"].values()) == len(singles)
+    assert set(report["singles"]) == {f"{sc.size or 'medium'} {sc.objects[0].shape}" for sc in singles}
+    assert 0.0 <= report["colour_shape"] <= 1.0 and report["l1"] > 0.0
+    # an untrained VQGAN draws none of them
+    assert all(v["pass"] == 0.0 for v in report["singles"].values())

@@ -362,15 +362,25 @@ def decode_codes(cfg: VQGANConfig, params: dict, codes: np.ndarray, batch_size: 
     return np.concatenate(out)[inverse.ravel()]
 
 
-def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, scenes) -> dict[str, float]:
-    """How well the VQGAN keeps the domain: the pixel checker on reconstructions, and the L1 error."""
+def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, scenes) -> dict:
+    """How well the VQGAN keeps the domain: the pixel checker on reconstructions, and the L1 error.
+
+    Top-level keys are the checker's rates (``colour_shape``, ``relation``, ...) and ``l1``;
+    ``singles`` breaks single objects down by size and shape ({"small circle": {"pass", "count"}}),
+    which shows which objects the tokenizer cannot draw (a DalleBart trained on it cannot either).
+    """
     from dalle_core.train.shapes import check
 
     recon = decode_codes(cfg, params, encode_images(cfg, params, images))
     totals: dict[str, list[bool]] = {}
+    singles: dict[str, list[bool]] = {}
     for img, sc in zip(recon, scenes, strict=True):
-        for k, v in check(img, sc).items():
+        result = check(img, sc)
+        for k, v in result.items():
             totals.setdefault(k, []).append(v)
-    report = {k: float(np.mean(v)) for k, v in totals.items()}
+        if sc.kind == "single":
+            singles.setdefault(f"{sc.size or 'medium'} {sc.objects[0].shape}", []).append(result["colour_shape"])
+    report: dict = {k: float(np.mean(v)) for k, v in totals.items()}
     report["l1"] = float(np.abs(recon.astype(np.float32) - images.astype(np.float32)).mean() / 255.0)
+    report["singles"] = {k: {"pass": float(np.mean(v)), "count": len(v)} for k, v in sorted(singles.items())}
     return report

@@ -329,3 +329,34 @@ def test_reconstruction_report_breaks_single_objects_down_by_size_and_shape(data
     assert 0.0 <= report["colour_shape"] <= 1.0 and report["l1"] > 0.0
     # an untrained VQGAN draws none of them
     assert all(v["pass"] == 0.0 for v in report["singles"].values())
+
+
+def test_snapshot_of_a_run_in_progress_loads_and_generates(tmp_path):
+    """--snapshot turns a run's latest DalleBart checkpoint into a model folder the evaluation loads."""
+    from pathlib import Path
+
+    from dalle_core.checkpoints.vqgan import save_vqgan
+    from dalle_core.config import get_variant
+    from dalle_core.generator import Generator
+    from dalle_core.models.bart import init_params
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.text import TextTokenizer
+    from dalle_core.train.embedded import snapshot
+    from dalle_core.train.loop import save_state
+
+    tiny = get_variant("tiny")
+    embedded = Path(__file__).resolve().parents[1] / "dalle_core" / "embedded"
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="not a run"):
+        snapshot(run, tmp_path / "snap")
+    TextTokenizer.from_folder(embedded / "dalle", max_length=tiny.bart.max_text_length).save(run / "tokenizer" / "dalle")
+    save_vqgan(run / "model" / "vqgan", tiny.vqgan, init_vqgan_params(tiny.vqgan, jax.random.PRNGKey(0)))
+    params = init_params(tiny.bart, jax.random.PRNGKey(1))
+    save_state(run / "bart_run", {"params": params, "opt_state": {}, "step": 700})
+
+    dest = snapshot(run, tmp_path / "snap")
+    assert json.loads((dest / "dalle" / "training.json").read_text())["step"] == 700
+    gen = Generator.from_folder(dest)
+    assert gen.has_clip  # the shipped CLIP stands in until the run exports its own
+    tokens = gen.sample_tokens(["a red circle"], 2, 0)
+    assert tokens.shape == (1, 2, tiny.bart.grid_size, tiny.bart.grid_size)

@@ -10,6 +10,7 @@ published layouts (what ``Generator.from_folder`` loads and what ships in
     python -m dalle_core.train.embedded runs/embedded          # everything
     python -m dalle_core.train.embedded runs/embedded --stages vqgan,tokens
     python -m dalle_core.train.embedded runs/embedded --config configs/embedded.yaml
+    python -m dalle_core.train.embedded runs/embedded --snapshot runs/snap   # mid-training model folder
 """
 
 from __future__ import annotations
@@ -235,6 +236,41 @@ def _stage_export(out: Path, model_dir: Path) -> None:
     log.info("export: %s loads (%s), %.1f MB", model_dir, gen.info.variant, total / 1e6)
 
 
+def snapshot(out_dir: str | os.PathLike, dest: str | os.PathLike, config=None, clip: str | os.PathLike | None = None) -> Path:
+    """A loadable model folder from a run that is still training, to evaluate it mid-way.
+
+    ``dest/dalle`` is the DalleBart of the latest checkpoint (``bart_run/state.msgpack``, its
+    step in ``dest/dalle/training.json``), ``dest/vqgan`` the run's current VQGAN, and
+    ``dest/clip`` the run's CLIP when exported, else ``clip`` (default: the shipped one).
+    """
+    import shutil
+
+    from flax.serialization import msgpack_restore
+
+    from dalle_core.checkpoints.bart import save_dalle_bart
+    from dalle_core.text import TextTokenizer
+
+    cfg = config if isinstance(config, EmbeddedConfig) else load_config(config)
+    variant = get_variant(cfg.variant)
+    out, dest = Path(out_dir), Path(dest)
+    state_path = out / "bart_run" / "state.msgpack"
+    missing = [p for p in (state_path, out / "model" / "vqgan" / "config.json", out / "tokenizer" / "dalle") if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{out} is not a run with a DalleBart checkpoint yet (missing {', '.join(map(str, missing))})")
+    clip_src = out / "model" / "clip" if (out / "model" / "clip" / "config.json").exists() else Path(
+        clip or Path(__file__).resolve().parents[1] / "embedded" / "clip")
+    state = msgpack_restore(state_path.read_bytes())
+    tokenizer = TextTokenizer.from_folder(out / "tokenizer" / "dalle", max_length=variant.bart.max_text_length)
+    if dest.exists():
+        shutil.rmtree(dest)
+    save_dalle_bart(dest / "dalle", variant.bart, state["params"], scanned=True, tokenizer=tokenizer)
+    (dest / "dalle" / "training.json").write_text(json.dumps({"snapshot_of": str(out), "step": int(state["step"])}) + "\n")
+    shutil.copytree(out / "model" / "vqgan", dest / "vqgan")
+    shutil.copytree(clip_src, dest / "clip")
+    log.info("snapshot: DalleBart step %d of %s -> %s (CLIP from %s)", int(state["step"]), out, dest, clip_src)
+    return dest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from dalle_core.train.loop import setup_logging
 
@@ -243,8 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML preset, e.g. configs/embedded.yaml")
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--no-resume", action="store_true", help="ignore finished stages and checkpoints")
+    parser.add_argument("--snapshot", metavar="DEST", help="train nothing: write the run's latest DalleBart checkpoint "
+                        "with its VQGAN and CLIP to DEST, a folder benchmarks/eval_embedded.py can score")
+    parser.add_argument("--clip", help="with --snapshot: CLIP folder when the run has none yet (default: the shipped one)")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.snapshot:
+        snapshot(args.out_dir, args.snapshot, args.config, args.clip)
+        return 0
     model = train_embedded(args.out_dir, args.config, args.stages, resume=not args.no_resume)
     log.info("model folder: %s", model)
     return 0

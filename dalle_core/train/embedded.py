@@ -174,8 +174,10 @@ def train_embedded(
                 continue
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
             train = _load_data(out, "train")
+            recolour = cfg.vqgan_decoder.recolour
             params = train_vqgan(vq_cfg, train.images, out / "vqgan_decoder_run", cfg.vqgan_decoder,
-                                 resume=resume, init_params=vq_params)
+                                 resume=resume, init_params=vq_params,
+                                 augment=functools.partial(shapes.recolour, p=recolour) if recolour else None)
             held = _load_data(out, "heldout")
             report = reconstruction_report(vq_cfg, params, held.images, held.scenes)
             log.info("vqgan after decoder fine-tuning, pixel checker on held-out renders: %s", report)

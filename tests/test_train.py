@@ -309,7 +309,7 @@ def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
         a, b = (dataclasses.replace(cls.from_dict(getattr(c, name)), ckpt_every=0) for c in (shipped, default))
         assert a == b, name
     nxt = load_config(configs / "embedded-next.yaml")
-    assert (nxt.vqgan.edge_weight, nxt.vqgan.recolour, nxt.vqgan_decoder.edge_weight) == (8.0, 0.5, 8.0)
+    assert (nxt.vqgan.edge_weight, nxt.vqgan.recolour) == (nxt.vqgan_decoder.edge_weight, nxt.vqgan_decoder.recolour) == (8.0, 0.5)
     assert nxt.vqgan_decoder.decoder_only and nxt.bart == shipped.bart and nxt.clip == shipped.clip
     with pytest.raises(ValueError, match="unknown embedded-training key"):
         load_config(None, vqgan_steps=3)

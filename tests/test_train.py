@@ -360,3 +360,16 @@ def test_snapshot_of_a_run_in_progress_loads_and_generates(tmp_path):
     assert gen.has_clip  # the shipped CLIP stands in until the run exports its own
     tokens = gen.sample_tokens(["a red circle"], 2, 0)
     assert tokens.shape == (1, 2, tiny.bart.grid_size, tiny.bart.grid_size)
+
+
+def test_vqgan_training_recolours_batches_when_asked(tmp_path, data, monkeypatch):
+    from dalle_core.train.vqgan import VQGANTrainConfig, train_vqgan
+
+    calls = []
+    real = S.recolour
+    monkeypatch.setattr(S, "recolour", lambda batch, rng, p: calls.append(p) or real(batch, rng, p))
+    tcfg = VQGANTrainConfig(steps=2, batch_size=4, warmup=1, crop=8, full_res_fraction=0.0, restart_every=0)
+    train_vqgan(VQ, _small_images(data.images), tmp_path / "plain", tcfg)
+    assert calls == []
+    train_vqgan(VQ, _small_images(data.images), tmp_path / "recoloured", dataclasses.replace(tcfg, recolour=0.5))
+    assert calls == [0.5, 0.5]  # once per step

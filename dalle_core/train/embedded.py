@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -147,8 +146,7 @@ def train_embedded(
                 log.info("vqgan: already exported")
                 continue
             train = _load_data(out, "train")
-            augment = functools.partial(shapes.recolour, p=cfg.vqgan.recolour) if cfg.vqgan.recolour else None
-            params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume, augment=augment)
+            params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume)
             held = _load_data(out, "heldout")
             report = reconstruction_report(variant.vqgan, params, held.images, held.scenes)
             log.info("vqgan reconstruction, pixel checker on held-out renders: %s", report)
@@ -174,10 +172,8 @@ def train_embedded(
                 continue
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
             train = _load_data(out, "train")
-            recolour = cfg.vqgan_decoder.recolour
             params = train_vqgan(vq_cfg, train.images, out / "vqgan_decoder_run", cfg.vqgan_decoder,
-                                 resume=resume, init_params=vq_params,
-                                 augment=functools.partial(shapes.recolour, p=recolour) if recolour else None)
+                                 resume=resume, init_params=vq_params)
             held = _load_data(out, "heldout")
             report = reconstruction_report(vq_cfg, params, held.images, held.scenes)
             log.info("vqgan after decoder fine-tuning, pixel checker on held-out renders: %s", report)

@@ -46,8 +46,8 @@ class VQGANTrainConfig:
     edge_weight: extra weight of pixels on a colour edge (their 3×3 neighbourhood holds more
         than one colour): what tells a small circle from a small square is a few edge and
         corner pixels, which an area-weighted loss barely sees.
-    recolour: share of images whose flat colours are replaced by random ones (``shapes.recolour``;
-        the embedded pipeline's vqgan stage applies it, ``train_vqgan`` takes any ``augment``).
+    recolour: share of images in every batch whose palette colours are replaced by random ones
+        (``shapes.recolour``; batches stay a function of (seed, step), so resuming is exact).
     ae_steps: first steps train a plain autoencoder (no quantizer); then the codebook is
         initialised by k-means on encoder outputs and VQ training starts. A VQ trained from
         scratch on a mostly white domain tends to settle on "everything is background".
@@ -232,12 +232,8 @@ def train_vqgan(
     tcfg: VQGANTrainConfig = VQGANTrainConfig(),
     resume: bool = True,
     init_params: dict | None = None,
-    augment=None,
 ) -> dict:
     """Train on uint8 images [N, H, W, 3] (H = W = cfg.resolution); returns the params.
-
-    augment(batch uint8 [B, h, w, 3], rng) → batch: applied to every training batch (e.g.
-    ``shapes.recolour``); batches stay a function of (seed, step), so resuming is exact.
 
     Checkpoints to ``run_dir/state.msgpack`` every ``ckpt_every`` steps and at the end; with
     ``resume`` a run continues from there. Logs to ``run_dir/log.jsonl``.
@@ -284,8 +280,10 @@ def train_vqgan(
             choice = np.array([rng.choice(weights.shape[1], p=weights[i]) for i in idx])
             ys, xs = offs[choice // len(offs)], offs[choice % len(offs)]
             batch = np.stack([images[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs, strict=True)])
-        if augment is not None:
-            batch = augment(batch, rng)
+        if tcfg.recolour:
+            from dalle_core.train.shapes import recolour
+
+            batch = recolour(batch, rng, p=tcfg.recolour)
         return jnp.asarray(batch, jnp.float32) / 255.0
 
     for step in range(start, tcfg.steps):

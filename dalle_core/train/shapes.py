@@ -77,6 +77,7 @@ POSITION_PHRASE = {
     "bottom": "at the bottom",
     "center": "in the center",
 }
+CONVERSE = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}  # "a R b" == "b R' a"
 RELATION_PHRASE = {
     "left_of": "to the left of",
     "right_of": "to the right of",
@@ -344,7 +345,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     # Express "a REL b" or, half of the time, the converse "b REL' a".
     if rng.random() < 0.5:
         pa, pb = pb, pa
-        rel = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}[rel]
+        rel = CONVERSE[rel]
     horizontal = rel in ("left_of", "right_of")
     first_side = {"left_of": "left", "right_of": "right", "above": "top", "below": "bottom"}[rel]
     second_side = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[first_side]
@@ -720,8 +721,7 @@ def perturb(scene: Scene, rng: np.random.Generator) -> Scene:
         a, b = objs
         return dataclasses.replace(scene, objects=(dataclasses.replace(a, shape=b.shape), dataclasses.replace(b, shape=a.shape)))
     if what == "relation":
-        converse = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
-        return dataclasses.replace(scene, relation=converse[scene.relation])
+        return dataclasses.replace(scene, relation=CONVERSE[scene.relation])
     if what == "size":
         return dataclasses.replace(scene, size="large" if scene.size == "small" else "small")
     # a position the object is not in (an unpositioned object may well sit "at the bottom")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,23 @@ def test_dataset_is_deterministic_by_seed(train_data):
     assert train_data.captions == again.captions
     other = S.make_dataset(400, seed=1)
     assert not np.array_equal(train_data.images, other.images)
+
+
+def test_jitter_moves_objects_off_the_grid_and_keeps_every_caption_true(train_data):
+    assert S.make_dataset(400, seed=0, jitter=0).captions == train_data.captions  # 0 draws nothing more
+    data = S.make_dataset(300, seed=0, jitter=3)
+    again = S.make_dataset(300, seed=0, jitter=3)
+    assert np.array_equal(data.images, again.images) and data.captions == again.captions
+    offsets = {int(c) % 8 for sc in data.scenes for o in sc.objects for c in (o.cx, o.cy)}
+    assert len(offsets) == 7  # anchors were multiples of 8; ±3 reaches every other offset but 4
+    for img, sc in zip(data.images, data.scenes, strict=True):
+        assert all(S.check(img, sc).values()), sc
+        assert all(o.extent / 2 <= c <= 64 - o.extent / 2 for o in sc.objects for c in (o.cx, o.cy))
+        assert not S.is_heldout(sc)
+    held = S.make_dataset(100, seed=0, split="heldout", jitter=3)
+    assert all(S.is_heldout(sc) for sc in held.scenes)
+    with pytest.raises(ValueError, match="jitter"):
+        S.make_dataset(3, jitter=-1)
 
 
 def test_images_are_white_with_palette_colours_only(train_data):
@@ -117,6 +136,11 @@ def test_checker_is_perfect_on_clean_renders(train_data):
     for img, sc in zip(np.concatenate([train_data.images[:250], held.images]), train_data.scenes[:250] + held.scenes, strict=True):
         result = S.check(img, sc)
         assert all(result.values()), (sc, result, S.analyze(img))
+        # the objects can be read once and handed in (the evaluation does): same verdict
+        assert S.check(img, sc, S.objects_in(img)) == result
+    swapped = S.Scene(tuple(dataclasses.replace(o, colour="purple" if o.colour != "purple" else "red") for o in sc.objects),
+                      sc.position, sc.size, sc.relation)
+    assert not all(S.check(img, swapped, S.objects_in(img)).values())
 
 
 def test_checker_reads_shapes_colours_and_positions():

@@ -308,9 +308,13 @@ def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
     for name, cls in (("bart", BartTrainConfig), ("clip", CLIPTrainConfig)):
         a, b = (dataclasses.replace(cls.from_dict(getattr(c, name)), ckpt_every=0) for c in (shipped, default))
         assert a == b, name
-    nxt = load_config(configs / "embedded-next.yaml")
-    assert (nxt.vqgan.edge_weight, nxt.vqgan.recolour) == (nxt.vqgan_decoder.edge_weight, nxt.vqgan_decoder.recolour) == (8.0, 0.5)
-    assert nxt.vqgan_decoder.decoder_only and nxt.bart == shipped.bart and nxt.clip == shipped.clip
+    # both VQGAN stages weigh colour edges and recolour (the decoder stage unlearns held-out objects without it)
+    assert (shipped.vqgan.edge_weight, shipped.vqgan.recolour) == (8.0, 0.5)
+    assert (shipped.vqgan_decoder.edge_weight, shipped.vqgan_decoder.recolour) == (8.0, 0.5)
+    assert shipped.vqgan_decoder.decoder_only and not shipped.vqgan.decoder_only
+    nxt = load_config(configs / "embedded-next.yaml")  # the shipped preset plus jittered renders
+    assert (nxt.jitter, shipped.jitter, default.jitter) == (3, 0, 0)
+    assert dataclasses.replace(nxt, jitter=0) == shipped
     with pytest.raises(ValueError, match="unknown embedded-training key"):
         load_config(None, vqgan_steps=3)
 
@@ -373,3 +377,24 @@ def test_vqgan_training_recolours_batches_when_asked(tmp_path, data, monkeypatch
     assert calls == []
     train_vqgan(VQ, _small_images(data.images), tmp_path / "recoloured", dataclasses.replace(tcfg, recolour=0.5))
     assert calls == [0.5, 0.5]  # once per step
+
+
+def test_token_coverage_finds_the_images_that_need_codes_training_never_produced(data):
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.train.vqgan import encode_images, token_coverage
+
+    params = init_vqgan_params(VQ, jax.random.PRNGKey(5))
+    images = np.stack([S.render(sc, size=VQ.resolution) for sc in data.scenes])
+    same = token_coverage(VQ, params, images, images, data.scenes)
+    assert all(g["needs_unseen"] == 0.0 and g["unseen_codes"] == 0 for g in same["groups"].values())
+    assert sum(g["count"] for g in same["groups"].values()) == len(images)
+    assert same["train_codes"] == len(np.unique(encode_images(VQ, params, images)))
+    # trained on blank images only, every image with an object needs codes it never saw
+    blank = np.full((4, VQ.resolution, VQ.resolution, 3), 255, np.uint8)
+    white = token_coverage(VQ, params, blank, images, data.scenes)
+    blank_codes = np.unique(encode_images(VQ, params, blank))
+    assert white["train_codes"] == len(blank_codes)
+    expect = np.mean([not np.isin(row, blank_codes).all() for row in encode_images(VQ, params, images)])
+    got = np.average([g["needs_unseen"] for g in white["groups"].values()],
+                     weights=[g["count"] for g in white["groups"].values()])
+    assert got == pytest.approx(expect) and got > 0.5

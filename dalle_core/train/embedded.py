@@ -38,11 +38,12 @@ STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "ex
 
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    """Everything ``train_embedded`` does, sized to train on 2 shared CPU cores in about an hour.
+    """Everything ``train_embedded`` does, sized to train on 2 shared CPU cores in about two and a half hours.
 
     variant: the ``VARIANTS`` entry whose sizes the three models use.
     train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
     captions_per_image: caption wordings drawn per training scene for DalleBart and CLIP.
+    jitter: whole pixels by which rendered objects may leave the 8-pixel anchor grid.
     """
 
     variant: str = "tiny"
@@ -50,12 +51,14 @@ class EmbeddedConfig:
     train_images: int = 16000
     heldout_images: int = 400
     captions_per_image: int = 4
+    jitter: int = 0  # pixels objects may move off the 8-pixel anchor grid (shapes.jittered)
     vqgan: VQGANTrainConfig = VQGANTrainConfig(
-        steps=1500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, restart_every=25, ckpt_every=50
+        steps=1500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, edge_weight=8.0, recolour=0.5,
+        restart_every=25, ckpt_every=50,
     )
     # decoder-only VQGAN steps after the tokens are fixed (may run alongside the bart stage)
     vqgan_decoder: VQGANTrainConfig = VQGANTrainConfig(
-        steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, ckpt_every=100
+        steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, edge_weight=8.0, recolour=0.5, ckpt_every=100
     )
     bart: dict = field(default_factory=lambda: {"steps": 10000, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
     clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
@@ -134,7 +137,7 @@ def train_embedded(
                 log.info("data: already there")
                 continue
             for split, n in (("train", cfg.train_images), ("heldout", cfg.heldout_images)):
-                data = shapes.make_dataset(n, seed=cfg.seed, split=split)
+                data = shapes.make_dataset(n, seed=cfg.seed, split=split, jitter=cfg.jitter)
                 shapes.save_dataset(out / f"{split}.npz", data)
         elif stage == "tokenizer":
             _stage_tokenizer(out, cfg, variant, resume)

@@ -87,12 +87,14 @@ def evaluate(
             images = gen.decode(tokens)  # [P, n, H, W, 3]
             scores = gen.score(texts[: len(chunk)], images)
             for i, p in enumerate(chunk):
-                results = [shapes.check(images[i, j], p.scene) for j in range(n)]
+                objects = [shapes.objects_in(images[i, j]) for j in range(n)]
+                results = [shapes.check(images[i, j], p.scene, objects[j]) for j in range(n)]
                 best = int(np.argmax(scores[i])) if scores is not None else None
                 if details:
                     key = _prompt_metrics(p)[-1]
-                    seen = [", ".join(f"{c.colour} {c.shape}" for c in shapes._significant(shapes.analyze(images[i, j])))
-                            for j in range(n)]
+                    side = images.shape[-2]
+                    seen = [", ".join(f"{shapes.size_of(c.extent, side)} {c.colour} {c.shape}" for c in objs)
+                            for objs in objects]
                     rows.append({"prompt": p.text, "metric": key, "ok": [bool(r[key]) for r in results],
                                  "clip_pick": best, "seen": seen})
                 for m in _prompt_metrics(p):
@@ -134,12 +136,14 @@ def format_report(report: dict) -> str:
                 clip = f"{r['clip']:.3f}" if r["clip"] is not None else "   -"
                 lines.append(f"{scale:>6} {m:<13} {r['first']:7.3f} {clip:>7} {r['mean']:7.3f} {r['count']:6d}")
     for scale, rows in report.get("details", {}).items():
-        lines.append(f"scale {scale}, prompts whose CLIP pick (or first sample) fails; right/samples, what the checker saw:")
+        lines.append(f"scale {scale}, prompts whose CLIP pick (or first sample) fails; right/samples, "
+                     "what the checker saw in the pick and most often:")
         for r in rows:
             pick = r["clip_pick"] if r["clip_pick"] is not None else 0
             if not r["ok"][pick]:
                 common = Counter(r["seen"]).most_common(3)
                 lines.append(f"  {r['metric']:<12} {sum(r['ok']):>2}/{len(r['ok'])}  {r['prompt']!r}: "
+                             f"picked {r['seen'][pick] or 'nothing'}; "
                              + "; ".join(f"{k or 'nothing'} ×{v}" for k, v in common))
     return "\n".join(lines)
 

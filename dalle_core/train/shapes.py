@@ -21,7 +21,8 @@ the tokens the same way wherever it is (this keeps the tiny VQGAN's codebook and
 DalleBart's job small). Positioned objects sit at 16 ("left"/"top") or 48 ("right"/"bottom") on
 the named axis and at 24, 32 or 40 on the other; "in the center" is x in {24, 32, 40}, y = 32;
 objects without a position word are anywhere in {24, 32, 40}². A two-object scene puts its
-objects at 16 and 48 on the relation's axis and each at 24, 32 or 40 on the other.
+objects at 16 and 48 on the relation's axis and each at 24, 32 or 40 on the other. With
+``jitter`` (off by default) every object then moves by a few whole pixels off that grid.
 
 Held-out split (attribute combinations that the "train" split never contains; see
 ``HELDOUT_SINGLE``, ``HELDOUT_SIZED`` and ``HELDOUT_PAIRS``):
@@ -188,16 +189,43 @@ def _anchor_single(rng: np.random.Generator, position: str | None) -> tuple[floa
     return {"left": (16, j), "right": (48, j), "top": (j, 16), "bottom": (j, 48), "center": (j, 32)}[position]
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train", p_pair: float = 0.4) -> Scene:
-    """Draw one scene of the given split (``"train"`` or ``"heldout"``) by rejection."""
+def sample_scene(rng: np.random.Generator, split: str = "train", p_pair: float = 0.4, jitter: int = 0) -> Scene:
+    """Draw one scene of the given split (``"train"`` or ``"heldout"``) by rejection.
+
+    ``jitter``: shift every object by up to this many pixels on each axis (``jittered``); 0 keeps
+    the anchors on the 8-pixel grid and draws nothing more from ``rng``.
+    """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     want_heldout = split == "heldout"
     for _ in range(10_000):
         scene = _sample_any(rng, p_pair)
         if is_heldout(scene) == want_heldout:
-            return scene
+            return jittered(scene, rng, jitter) if jitter else scene
     raise RuntimeError("could not draw a scene of the requested split")  # pragma: no cover
+
+
+def jittered(scene: Scene, rng: np.random.Generator, jitter: int, tries: int = 20) -> Scene:
+    """The scene with each object moved by whole pixels in [-jitter, jitter] on both axes.
+
+    Why: anchors on the 8-pixel token grid put an object's edges at the same offsets inside the
+    VQGAN's 8×8 patches for every object of one size, so a size×colour×shape triple that training
+    never shows needs image tokens that DalleBart never saw as targets (measured with the v7 VQGAN:
+    every held-out "large yellow circle" render needs 6 such codes). Jittered training renders
+    show every colour at every edge offset. A shift that would push an object over the border or
+    make the caption false (the checker no longer sees the named position or relation in the
+    render) is drawn again; after ``tries`` failures the scene stays where it was.
+    """
+    for _ in range(tries):
+        moved = tuple(
+            dataclasses.replace(o, cx=o.cx + int(rng.integers(-jitter, jitter + 1)), cy=o.cy + int(rng.integers(-jitter, jitter + 1)))
+            for o in scene.objects
+        )
+        inside = all(o.extent / 2 <= c <= IMAGE_SIZE - o.extent / 2 for o in moved for c in (o.cx, o.cy))
+        candidate = dataclasses.replace(scene, objects=moved)
+        if inside and all(check(render(candidate), candidate).values()):
+            return candidate
+    return scene
 
 
 def _sample_any(rng: np.random.Generator, p_pair: float) -> Scene:
@@ -385,12 +413,17 @@ class ShapesData:
         return len(self.captions)
 
 
-def make_dataset(n: int, seed: int = 0, split: str = "train", p_pair: float = 0.4) -> ShapesData:
-    """``n`` scenes of a split, rendered, each with one random caption; deterministic by ``seed``."""
+def make_dataset(n: int, seed: int = 0, split: str = "train", p_pair: float = 0.4, jitter: int = 0) -> ShapesData:
+    """``n`` scenes of a split, rendered, each with one random caption; deterministic by ``seed``.
+
+    ``jitter``: pixels by which objects may leave the 8-pixel anchor grid (``jittered``).
+    """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if jitter < 0:
+        raise ValueError(f"jitter must be >= 0, got {jitter}")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    scenes = [sample_scene(rng, split, p_pair) for _ in range(n)]
+    scenes = [sample_scene(rng, split, p_pair, jitter) for _ in range(n)]
     captions = [caption(s, rng) for s in scenes]
     images = np.stack([render(s) for s in scenes]) if n else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return ShapesData(images, captions, scenes)
@@ -645,17 +678,21 @@ def _significant(comps: list[Component]) -> list[Component]:
     return [c for c in comps if c.area >= 0.15 * comps[0].area]
 
 
-def check(image, scene: Scene) -> dict[str, bool]:
-    """Score one image against a scene.
+def objects_in(image) -> list[Component]:
+    """The components of an image that count as objects, largest first (what ``check`` scores)."""
+    return _significant(analyze(np.asarray(image)))
+
+
+def check(image, scene: Scene, objects: list[Component] | None = None) -> dict[str, bool]:
+    """Score one image against a scene (``objects``: ``objects_in(image)`` when already computed).
 
     Keys for single-object scenes: ``colour_shape`` (exactly one object, right colour and shape),
     ``position`` (colour_shape and the centroid in the named region; only when a position is
     asked), ``size`` (only when a size is asked). For two objects: ``objects`` (exactly two
     objects, with the right colours and shapes) and ``relation`` (objects and the relation holds).
     """
-    arr = np.asarray(image)
-    side = arr.shape[1]
-    objs = _significant(analyze(arr))
+    side = np.asarray(image).shape[1]
+    objs = objects_in(image) if objects is None else objects
     if scene.kind == "single":
         want = scene.objects[0]
         ok = len(objs) == 1 and objs[0].colour == want.colour and objs[0].shape == want.shape

@@ -382,3 +382,33 @@ def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, sc
     report["l1"] = float(np.abs(recon.astype(np.float32) - images.astype(np.float32)).mean() / 255.0)
     report["singles"] = {k: {"pass": float(np.mean(v)), "count": len(v)} for k, v in sorted(singles.items())}
     return report
+
+
+def token_coverage(cfg: VQGANConfig, params: dict, train_images: np.ndarray, images: np.ndarray, scenes) -> dict:
+    """Which images need tokens that the training images never produce.
+
+    DalleBart learns to emit only the codes it saw as targets, so an image whose tokens include a
+    code absent from the training images' tokens is one it cannot draw. Returns ``train_codes``
+    (distinct codes the training images use) and ``groups``: per held-out kind ("large yellow
+    circle", "blue circle on the left", "pair") the share of ``images`` that need such a code,
+    how many distinct such codes, and the count.
+    """
+    seen = np.zeros(cfg.n_embed, bool)
+    seen[np.unique(encode_images(cfg, params, train_images))] = True
+    codes = encode_images(cfg, params, images)
+    groups: dict[str, list[np.ndarray]] = {}
+    for row, sc in zip(codes, scenes, strict=True):
+        if sc.kind == "single":
+            o = sc.objects[0]
+            words = [sc.size] if sc.size else []
+            key = " ".join([*words, o.colour, o.shape] + ([f"({sc.position})"] if sc.position else []))
+        else:
+            key = "pair"
+        groups.setdefault(key, []).append(row)
+    out = {}
+    for key, rows in sorted(groups.items()):
+        rows = np.stack(rows)
+        unseen = ~seen[rows]
+        out[key] = {"needs_unseen": float(unseen.any(axis=1).mean()), "unseen_codes": int(len(np.unique(rows[unseen]))),
+                    "count": len(rows)}
+    return {"train_codes": int(seen.sum()), "groups": out}

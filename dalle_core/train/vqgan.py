@@ -389,21 +389,17 @@ def token_coverage(cfg: VQGANConfig, params: dict, train_images: np.ndarray, ima
 
     DalleBart learns to emit only the codes it saw as targets, so an image whose tokens include a
     code absent from the training images' tokens is one it cannot draw. Returns ``train_codes``
-    (distinct codes the training images use) and ``groups``: per held-out kind ("large yellow
-    circle", "blue circle on the left", "pair") the share of ``images`` that need such a code,
-    how many distinct such codes, and the count.
+    (distinct codes the training images use) and ``groups``: per kind of object, size first and
+    position ignored ("large yellow circle", "medium blue circle"; "pair" for two objects), the
+    share of ``images`` that need such a code, how many distinct such codes, and the count.
     """
     seen = np.zeros(cfg.n_embed, bool)
     seen[np.unique(encode_images(cfg, params, train_images))] = True
     codes = encode_images(cfg, params, images)
     groups: dict[str, list[np.ndarray]] = {}
     for row, sc in zip(codes, scenes, strict=True):
-        if sc.kind == "single":
-            o = sc.objects[0]
-            words = [sc.size] if sc.size else []
-            key = " ".join([*words, o.colour, o.shape] + ([f"({sc.position})"] if sc.position else []))
-        else:
-            key = "pair"
+        o = sc.objects[0]
+        key = f"{sc.size or 'medium'} {o.colour} {o.shape}" if sc.kind == "single" else "pair"
         groups.setdefault(key, []).append(row)
     out = {}
     for key, rows in sorted(groups.items()):

@@ -398,3 +398,54 @@ def test_token_coverage_finds_the_images_that_need_codes_training_never_produced
     got = np.average([g["needs_unseen"] for g in white["groups"].values()],
                      weights=[g["count"] for g in white["groups"].values()])
     assert got == pytest.approx(expect) and got > 0.5
+
+
+def test_jitter_stage_fine_tunes_the_exported_dalle_bart_on_its_scenes_moved_off_the_grid(tmp_path):
+    from pathlib import Path
+
+    from dalle_core.checkpoints.bart import load_dalle_bart, save_dalle_bart
+    from dalle_core.checkpoints.vqgan import save_vqgan
+    from dalle_core.config import get_variant
+    from dalle_core.models.bart import init_params
+    from dalle_core.models.vqgan import init_vqgan_params
+    from dalle_core.text import TextTokenizer
+    from dalle_core.train.embedded import EmbeddedConfig, _load_data, train_embedded
+    from dalle_core.train.vqgan import encode_images
+
+    tiny = get_variant("tiny")
+    embedded = Path(__file__).resolve().parents[1] / "dalle_core" / "embedded"
+    run = tmp_path / "run"
+    tok = TextTokenizer.from_folder(embedded / "dalle", max_length=tiny.bart.max_text_length)
+    vq_params = init_vqgan_params(tiny.vqgan, jax.random.PRNGKey(0))
+    save_vqgan(run / "model" / "vqgan", tiny.vqgan, vq_params)
+    save_dalle_bart(run / "model" / "dalle", tiny.bart, init_params(tiny.bart, jax.random.PRNGKey(1)), scanned=True, tokenizer=tok)
+    (run / "model" / "dalle" / "training.json").write_text(json.dumps({"train": {"steps": 1}}))
+    _, before = load_dalle_bart(run / "model" / "dalle")
+    base = EmbeddedConfig(train_images=32, heldout_images=4)
+
+    # not in the preset: the stage does nothing
+    train_embedded(run, base, stages="data,jitter")
+    assert not (run / "bart_jitter.json").exists()
+
+    cfg = dataclasses.replace(base, bart_jitter={"jitter": 3, "steps": 4, "batch_size": 8, "lr": 1e-3, "warmup": 1})
+    train_embedded(run, cfg, stages="jitter")
+    report = json.loads((run / "bart_jitter.json").read_text())
+    assert (report["jitter"], report["pairs"], report["train"]["steps"]) == (3, False, 4)
+    assert report["loss_after"] < report["loss_before"]
+    # the bart stage's scenes: pairs stay on the grid, single objects move
+    train = _load_data(run, "train")
+    codes = np.load(run / "jitter_tokens.npz")["codes"]
+    grid = encode_images(tiny.vqgan, vq_params, train.images)
+    pair = np.array([sc.kind == "pair" for sc in train.scenes])
+    assert pair.any() and (~pair).any()
+    assert (codes[pair] == grid[pair]).all()
+    assert (codes[~pair] != grid[~pair]).any(axis=1).mean() > 0.5
+    _, after = load_dalle_bart(run / "model" / "dalle")
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), before, after)
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
+    history = json.loads((run / "model" / "dalle" / "training.json").read_text())
+    assert history["train"] == {"steps": 1} and history["jitter_finetune"]["loss_after"] == report["loss_after"]
+    # done: a second run skips it and leaves the model alone
+    stamp = (run / "model" / "dalle" / "flax_model.msgpack").stat().st_mtime_ns
+    train_embedded(run, cfg, stages="jitter")
+    assert (run / "model" / "dalle" / "flax_model.msgpack").stat().st_mtime_ns == stamp

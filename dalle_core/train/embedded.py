@@ -1,4 +1,4 @@
-"""Reproduce the embedded model from scratch: dataset → tokenizers → VQGAN → tokens → DalleBart (→ jittered fine-tuning), CLIP.
+"""Reproduce the embedded model from scratch: dataset → tokenizers → VQGAN → tokens → DalleBart, CLIP.
 
 One command, resumable: every stage writes its result into ``out_dir`` and a finished stage is
 skipped when the command runs again (``resume=True``); the VQGAN, DalleBart and CLIP stages also
@@ -33,7 +33,7 @@ from dalle_core.train.vqgan import VQGANTrainConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "jitter", "clip", "export")
+STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "export")
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,6 @@ class EmbeddedConfig:
         steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, edge_weight=8.0, recolour=0.5, ckpt_every=100
     )
     bart: dict = field(default_factory=lambda: {"steps": 10000, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
-    # stage "jitter": DalleBart fine-tuned on jittered renders (train_embedded_bart_jitter); {} skips it
-    bart_jitter: dict = field(default_factory=dict)
     clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
         "steps": 3000, "batch_size": 64, "lr": 1e-3, "hard_negatives": 3, "reconstructions": True})
 
@@ -188,10 +186,6 @@ def train_embedded(
             from dalle_core.train.bart import train_embedded_bart
 
             train_embedded_bart(out, cfg, variant, resume=resume)
-        elif stage == "jitter":
-            from dalle_core.train.bart import train_embedded_bart_jitter
-
-            train_embedded_bart_jitter(out, cfg, variant, resume=resume)
         elif stage == "clip":
             from dalle_core.train.clip import train_embedded_clip
 
@@ -208,15 +202,11 @@ def _all_captions(out: Path, cfg: EmbeddedConfig) -> list[list[str]]:
     path = out / "captions.json"
     if path.exists():
         return json.loads(path.read_text())
-    caps = caption_sets(_load_data(out, "train"), cfg)
+    train = _load_data(out, "train")
+    extra = [shapes.recaption(train.scenes, seed=cfg.seed * 1000 + k) for k in range(1, cfg.captions_per_image)]
+    caps = [[c, *(e[i] for e in extra)] for i, c in enumerate(train.captions)]
     path.write_text(json.dumps(caps))
     return caps
-
-
-def caption_sets(data: shapes.ShapesData, cfg: EmbeddedConfig) -> list[list[str]]:
-    """``captions_per_image`` wordings per scene of ``data``: its own caption, then seeded rewordings."""
-    extra = [shapes.recaption(data.scenes, seed=cfg.seed * 1000 + k) for k in range(1, cfg.captions_per_image)]
-    return [[c, *(e[i] for e in extra)] for i, c in enumerate(data.captions)]
 
 
 def _stage_tokenizer(out: Path, cfg: EmbeddedConfig, variant, resume: bool) -> None:

@@ -71,7 +71,7 @@ class LLMConfig(_Section):
 
 
 class PromptConfig(_Section):
-    style: str = "illustration"
+    style: str = "plain"  # configs/default.yaml: the embedded model knows no style words
     negative_words: list[str] = []
     blocklist: list[str] = []
 

@@ -14,6 +14,7 @@ from nlp.fetch import fetch_article
 from nlp.keyphrases import extract_keyphrases, lemma, phrase_key
 from nlp.models import ImagePrompt, Topic, TopicResult
 from nlp.prompt import (
+    DEFAULT_NEGATIVE,
     STYLE_PRESETS,
     PromptSettings,
     blocklist_hits,
@@ -159,6 +160,17 @@ def test_template_prompt():
     with pytest.raises(ValueError, match="unknown style 'crayon'.*photo"):
         PromptSettings(style="crayon")
     assert {"photo", "illustration", "pencil sketch", "flat vector", "3d render", "watercolor"} <= set(STYLE_PRESETS)
+
+
+def test_plain_style_is_the_subject_alone():
+    topics = [Topic(phrase="red circle", score=1.0), Topic(phrase="blue square", score=0.2)]
+    for platform in (None, "linkedin", "instagram"):
+        p = build_prompt(topics, "t", PromptSettings(style="plain", platform=platform))
+        assert (p.text, p.style) == ("red circle", "plain"), platform
+    # no style negatives, the defaults only
+    assert build_prompt(topics, "t", PromptSettings(style="none")).negative == ", ".join(DEFAULT_NEGATIVE)
+    long = build_prompt([Topic(phrase=" ".join(["word"] * 30), score=1.0)], "t", PromptSettings(style="plain", max_words=6))
+    assert long.text == " ".join(["word"] * 6)
 
 
 def test_blocklist_moderation():

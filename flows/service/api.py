@@ -105,7 +105,7 @@ def prepare_prompt(state: ServiceState, prompt: str, style: str | None, negative
             preset = STYLE_PRESETS[normalise_style(style)]
         except ValueError as err:
             raise APIError(400, f"Invalid value for 'style': {err}.", param="style", code="invalid_value") from None
-        prompt = f"{prompt}, {preset.suffix}"
+        prompt = f"{prompt}, {preset.suffix}" if preset.suffix else prompt
         negatives.extend(preset.negative)
     try:
         moderate(prompt, list(state.settings.prompt.blocklist))

@@ -154,10 +154,14 @@ def _missing_file(path: Path):
 
 
 def cmd_styles(args: argparse.Namespace) -> int:
+    from flows.settings import load_settings
     from nlp.prompt import STYLE_PRESETS
 
-    for name, words in STYLE_PRESETS.items():
-        print(f"{name:16s} {words}")
+    default = load_settings().prompt.style
+    for name, preset in STYLE_PRESETS.items():
+        mark = " (default)" if name == default else ""
+        print(f"{name + mark:26s} {preset.description}")
+        print(f"{'':26s} adds: {preset.suffix or 'nothing'}" + ("" if preset.context else "; no platform words"))
     return 0
 
 

@@ -114,3 +114,18 @@ def test_empty_article(prefect_server, tmp_path, capsys):
     rc, line = run_cli(["run", str(empty), "--out", str(tmp_path / "out")], capsys)
     assert rc == 2 and "empty" in line.lower()
     assert_no_output(tmp_path / "out")
+
+
+def test_styles_lists_every_preset_with_its_words_and_the_default(capsys, monkeypatch):
+    from nlp.prompt import STYLE_PRESETS
+
+    monkeypatch.delenv("COVERCRAFT_PROMPT__STYLE", raising=False)
+    assert main(["styles"]) == 0
+    out = capsys.readouterr().out
+    for name in STYLE_PRESETS:
+        assert name in out
+    assert "plain (default)" in out and "adds: nothing; no platform words" in out
+    assert "adds: digital illustration, vibrant colors" in out
+    monkeypatch.setenv("COVERCRAFT_PROMPT__STYLE", "watercolor")
+    assert main(["styles"]) == 0
+    assert "watercolor (default)" in capsys.readouterr().out

@@ -91,7 +91,7 @@ def test_the_quick_start_post_with_the_default_settings_gets_a_red_circle(genera
     """README's first command end to end minus Prefect: default settings, offline prompt, the
     embedded model. The default style adds no words the model does not know (a style suffix
     turned the cover into a red and a yellow circle)."""
-    from flows.pipeline import text_stages
+    from flows.pipeline import sampling_settings, text_stages
     from flows.settings import load_settings
     from nlp.fetch import fetch_article
 
@@ -100,6 +100,5 @@ def test_the_quick_start_post_with_the_default_settings_gets_a_red_circle(genera
     *_, prompt = text_stages(article, settings)
     assert prompt.text == "red circle"
     s = settings.sampling
-    sampling = SamplingSettings(condition_scale=s.condition_scale, top_k=s.top_k, top_p=s.top_p, temperature=s.temperature)
-    [cands] = generator.generate([prompt.text], n=s.candidates, seed=s.seed, settings=sampling)
+    [cands] = generator.generate([prompt.text], n=s.candidates, seed=s.seed, settings=sampling_settings(s))
     assert _passes(cands[0].image, PROMPTS["a red circle"]), S.analyze(cands[0].image)

@@ -102,3 +102,23 @@ def test_the_quick_start_post_with_the_default_settings_gets_a_red_circle(genera
     s = settings.sampling
     [cands] = generator.generate([prompt.text], n=s.candidates, seed=s.seed, settings=sampling_settings(s))
     assert _passes(cands[0].image, PROMPTS["a red circle"]), S.analyze(cands[0].image)
+
+
+def test_prompt_accuracy_scores_each_prompt_against_its_own_scene(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(EMBEDDED.parents[1] / "benchmarks"))
+    import prompt_accuracy
+
+    assert prompt_accuracy.parse_scene("blue square left").position == "left"
+    for bad in ("blue", "pink square", "blue square inside"):
+        with pytest.raises(ValueError):
+            prompt_accuracy.parse_scene(bad)
+    out = tmp_path / "report.json"
+    # a blue square checked as a red circle is never right, whatever the model draws
+    assert prompt_accuracy.main([str(EMBEDDED), "--n", "4", "--prompt", "a blue square=red circle", "--out", str(out)]) == 0
+    rows = {r["prompt"]: r for r in json.loads(out.read_text())["prompts"]}
+    assert len(rows) == len(prompt_accuracy.QUOTED) + 1
+    assert rows["a blue square"]["right"] == 0
+    assert rows["a red circle"]["right"] >= 3  # what the quick start relies on
+    assert "a blue square on the left" in capsys.readouterr().out

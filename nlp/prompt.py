@@ -38,7 +38,8 @@ class StylePreset:
 
 STYLE_PRESETS: dict[str, StylePreset] = {
     # The subject alone: for models trained on plain captions, such as the embedded one, which
-    # draws 97% of "a red circle" right and 6% of "red circle, digital illustration, vibrant colors".
+    # draws "a red circle" far more often right than "red circle, digital illustration, vibrant
+    # colors" (benchmarks/prompt_accuracy.py; numbers in dalle_core/embedded/README.md).
     "plain": StylePreset("", (), "the subject alone, no style or composition words", context=False),
     "photo": StylePreset("professional photograph, natural light, sharp focus",
                          ("illustration", "cartoon", "drawing"), "a realistic photograph"),

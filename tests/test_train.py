@@ -312,9 +312,8 @@ def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
     assert (shipped.vqgan.edge_weight, shipped.vqgan.recolour) == (8.0, 0.5)
     assert (shipped.vqgan_decoder.edge_weight, shipped.vqgan_decoder.recolour) == (8.0, 0.5)
     assert shipped.vqgan_decoder.decoder_only and not shipped.vqgan.decoder_only
-    nxt = load_config(configs / "embedded-next.yaml")  # the shipped preset plus jittered renders
-    assert (nxt.jitter, shipped.jitter, default.jitter) == (3, 0, 0)
-    assert dataclasses.replace(nxt, jitter=0) == shipped
+    # jittered renders, and a VQGAN stage long enough to tokenize them (small objects)
+    assert (shipped.jitter, shipped.vqgan.steps) == (3, 4500)
     with pytest.raises(ValueError, match="unknown embedded-training key"):
         load_config(None, vqgan_steps=3)
 

@@ -39,10 +39,9 @@ def parse_scene(spec: str):
         raise ValueError(f"scene {spec!r}: expected 'colour shape [position]' with colour in "
                          f"{', '.join(shapes.COLOURS)} and shape in {', '.join(shapes.SHAPES)}")
     position = words[2] if len(words) == 3 else None
-    anchors = {None: (32, 32), "left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "center": (32, 32)}
-    if position not in anchors:
+    if position not in shapes.NOMINAL_ANCHOR:
         raise ValueError(f"scene {spec!r}: unknown position {position!r}; known: {', '.join(shapes.POSITIONS)}")
-    cx, cy = anchors[position]
+    cx, cy = shapes.NOMINAL_ANCHOR[position]
     return shapes.Scene((shapes.Obj(words[0], words[1], cx, cy, shapes.EXTENT["medium"]),), position=position)
 
 

@@ -182,6 +182,12 @@ def is_heldout(scene: Scene) -> bool:
     return frozenset({(a.colour, a.shape), (b.colour, b.shape)}) in HELDOUT_PAIRS
 
 
+# Where an object asked for with a position word sits in an evaluation scene (None: no position).
+NOMINAL_ANCHOR: dict[str | None, tuple[int, int]] = {
+    None: (32, 32), "left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "center": (32, 32),
+}
+
+
 def _anchor_single(rng: np.random.Generator, position: str | None) -> tuple[float, float]:
     j = 32 + int(rng.choice(JITTER))
     if position is None:
@@ -469,7 +475,7 @@ def eval_prompts(split: str = "heldout", kinds: Iterable[str] = ("single", "posi
             (c, s, p) for c, s, p in itertools.product(COLOURS, SHAPES, POSITIONS) if (c, s, p) not in HELDOUT_SINGLE
         ][::9]
         for c, s, p in triples:
-            cx, cy = {"left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "center": (32, 32)}[p]
+            cx, cy = NOMINAL_ANCHOR[p]
             sc = Scene((Obj(c, s, cx, cy, EXTENT["medium"]),), position=p)
             out.append(EvalPrompt(canonical_caption(sc), sc))
     if "pair" in kinds:

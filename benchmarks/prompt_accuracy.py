@@ -73,14 +73,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     gen = Generator.from_folder(a.model_dir)
     settings = SamplingSettings(condition_scale=a.scale, top_k=a.top_k or None, top_p=None, temperature=1.0)
-    texts = [t for t, _ in pairs]
-    images = gen.decode(gen.sample_tokens(texts, a.n, a.seed, settings))  # [P, n, H, W, 3]
+    images = gen.decode(gen.sample_tokens([text for text, _ in pairs], a.n, a.seed, settings))  # [P, n, H, W, 3]
     rows = []
-    for i, (text, scene) in enumerate(zip(texts, scenes, strict=True)):
+    for samples, (text, spec), scene in zip(images, pairs, scenes, strict=True):
         key = "position" if scene.position else "colour_shape"
-        ok = [bool(shapes.check(images[i, j], scene)[key]) for j in range(a.n)]
-        rows.append({"prompt": text, "scene": pairs[i][1], "right": sum(ok), "n": a.n, "share": round(sum(ok) / a.n, 4)})
-        print(f"{sum(ok):3d}/{a.n} {100 * sum(ok) / a.n:5.1f}%  {text!r}  (checked as: {pairs[i][1]})")
+        right = sum(bool(shapes.check(img, scene)[key]) for img in samples)
+        rows.append({"prompt": text, "scene": spec, "right": right, "n": a.n, "share": round(right / a.n, 4)})
+        print(f"{right:3d}/{a.n} {100 * right / a.n:5.1f}%  {text!r}  (checked as: {spec})")
     report = {"model": a.model_dir, "seed": a.seed, "top_k": a.top_k, "scale": a.scale, "prompts": rows,
               "seconds": round(time.time() - t0, 1)}
     print(f"{report['seconds']} s")

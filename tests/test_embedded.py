@@ -85,6 +85,17 @@ def test_evaluation_scores_the_held_out_prompts(generator):
     assert abs(np.mean(rel) - row["relation"]["mean"]) < 1e-3
     text = format_report(report)
     assert "relation" in text and "scale 1.0" in text
+    for m in ("colour_shape", "position", "relation"):  # some sample right: at least the first and CLIP's pick
+        assert row[m]["any"] >= max(row[m]["first"], row[m]["clip"])
+
+    # repeats: the figures average over disjoint groups of n samples; counts stay per prompt
+    twice = evaluate("embedded", n=1, condition_scales=(1.0,), top_k=4, limit=2, batch_prompts=8,
+                     generator=generator, repeats=2)
+    row = twice["scales"]["1.0"]
+    assert row["relation"]["count"] == 2 and twice["repeats"] == 2
+    for m in ("colour_shape", "position", "relation"):  # one sample per group: all four figures agree
+        assert row[m]["first"] == row[m]["clip"] == row[m]["mean"] == row[m]["any"]
+    assert "average of 2 groups" in format_report(twice)
 
 
 def test_the_quick_start_post_with_the_default_settings_gets_a_red_circle(generator):

@@ -199,6 +199,27 @@ def test_perturb_changes_what_the_checker_sees(train_data):
         assert not all(S.check(S.render(sc), p).values())  # the checker tells them apart
 
 
+def test_counterpart_renders_differ_both_ways(train_data):
+    """A counterpart's render is wrong for the scene's words and the scene's render is wrong for the
+    counterpart's words, its own render fits its own words, and training scenes get no held-out
+    counterpart; an object whose caption names no position stays where it is."""
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for sc in train_data.scenes[:80]:
+        for _ in range(3):
+            c = S.counterpart(sc, rng, jitter=3)
+            img = S.render(c)
+            assert all(S.check(img, c).values())
+            assert not all(S.check(img, sc).values())
+            assert not all(S.check(S.render(sc), c).values())
+            assert not S.is_heldout(c)
+            if sc.kind == "single" and sc.position is None:
+                assert (c.objects[0].cx, c.objects[0].cy) == (sc.objects[0].cx, sc.objects[0].cy)
+            kinds.add("relation" if c.relation != sc.relation else "position" if c.position != sc.position
+                      else "size" if c.size != sc.size else "look")
+    assert kinds == {"relation", "position", "size", "look"}
+
+
 def test_perturb_covers_binding_and_size():
     """Two objects of different shapes can swap shapes (colours and shapes all still named);
     a single object with a size word can change size."""

@@ -154,18 +154,28 @@ def test_dead_code_restart_moves_only_unused_codes():
     np.testing.assert_allclose(new[[1, 3]], 5.0, atol=1e-2)
 
 
+def _tiny_clip(vocab: int, width: int, max_len: int) -> CLIPConfig:
+    """A one-layer CLIP on 16-pixel images."""
+    return CLIPConfig(
+        text=CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=max_len, eos_token_id=2),
+        vision=CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=width, intermediate_size=2 * width,
+                                num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=width // 2,
+    )
+
+
 def test_clip_steps_lower_the_loss(tmp_path, data):
     from dalle_core.rank import ClipTokenizer
-    from dalle_core.train.clip import CLIPTrainConfig, shapes_caption_fn, train_clip
+    from dalle_core.train.clip import (
+        CLIPTrainConfig,
+        shapes_caption_fn,
+        shapes_counterpart_fn,
+        train_clip,
+    )
     from dalle_core.train.tokenizer import train_clip_tokenizer
 
-    cfg = CLIPConfig(
-        text=CLIPTextConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=24, eos_token_id=2),
-        vision=CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=1, num_attention_heads=2),
-        projection_dim=16,
-    )
+    cfg = _tiny_clip(vocab=600, width=32, max_len=24)
     tok = ClipTokenizer(train_clip_tokenizer(data.captions * 3, 600), 24)
     images = _small_images(data.images)
     tcfg = CLIPTrainConfig(steps=8, batch_size=16, lr=3e-3, warmup=1, log_every=1, ckpt_every=8)
@@ -174,6 +184,72 @@ def test_clip_steps_lower_the_loss(tmp_path, data):
     assert len(caps) == 4 and len(negs) == 12
     logged = [json.loads(line) for line in (tmp_path / "clip" / "log.jsonl").read_text().splitlines()]
     assert logged[-1]["loss"] < logged[0]["loss"]
+
+    # image negatives: each image brings renders of changed scenes, with their captions, into the batch
+    rng = np.random.default_rng(1)
+    counterparts = [[S.counterpart(sc, rng) for _ in range(2)] for sc in data.scenes]
+    cp_images = _small_images(np.stack([S.render(c) for row in counterparts for c in row]))
+    cp_fn = shapes_counterpart_fn(counterparts, cp_images.reshape((len(data.scenes), 2) + cp_images.shape[1:]))
+    extra, extra_caps = cp_fn(np.array([3, 5]), rng)
+    assert extra.shape == (4, 16, 16, 3) and len(extra_caps) == 4
+    np.testing.assert_array_equal(extra[2], cp_images[10])  # image 5's first counterpart
+    for cap, scene in zip(extra_caps, [counterparts[i][j] for i in (3, 5) for j in range(2)], strict=True):  # in the images' order
+        for o in scene.objects:
+            assert any(w in cap for w in S._COLOUR_WORDS[o.colour]) and any(w in cap for w in S._SHAPE_WORDS[o.shape]), cap
+    tcfg = dataclasses.replace(tcfg, image_negatives=2, hard_negatives=0)
+    with pytest.raises(ValueError, match="counterpart_fn"):
+        train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip_neg", tcfg)
+    train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip_neg", tcfg, counterpart_fn=cp_fn)
+    logged = [json.loads(line) for line in (tmp_path / "clip_neg" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+
+    # broken negatives: one more image per image, which no caption matches
+    tcfg = dataclasses.replace(tcfg, broken_negatives=True)
+    with pytest.raises(ValueError, match="broken version"):
+        train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip_broken", tcfg, counterpart_fn=cp_fn)
+    broken = images[::-1].copy()
+    train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip_broken", tcfg, counterpart_fn=cp_fn, broken=broken)
+    logged = [json.loads(line) for line in (tmp_path / "clip_broken" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+
+
+def test_clip_loss_counts_images_beyond_the_pairs_as_negatives_for_the_texts():
+    """Images past ``pairs`` have no caption: they enter only the text → image softmax."""
+    import jax.numpy as jnp
+
+    from dalle_core.models.clip import init_clip_params
+    from dalle_core.train.clip import clip_loss
+
+    cfg = _tiny_clip(vocab=64, width=16, max_len=8)
+    params = init_clip_params(cfg, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(3, 64, size=(3, 8)), jnp.int32)
+    mask = jnp.ones_like(ids)
+    images = jnp.asarray(rng.integers(0, 256, size=(4, 16, 16, 3)), jnp.uint8)
+    base, _ = clip_loss(params, cfg, ids, mask, images[:3])
+    same, _ = clip_loss(params, cfg, ids, mask, images[:3], pairs=3)
+    more, metrics = clip_loss(params, cfg, ids, mask, images, pairs=3)
+    assert float(base) == pytest.approx(float(same))
+    assert float(more) > float(base)  # one more competitor for every text
+    assert 0.0 <= float(metrics["acc"]) <= 1.0
+
+
+def test_break_codes_changes_tokens_at_the_shapes_only():
+    from dalle_core.train.clip import break_codes
+
+    codes = np.full((3, 64), 7)
+    codes[0, [9, 10, 17, 18]] = [1, 2, 3, 4]  # a 2x2-token shape
+    codes[1, 63] = 5  # one token in the corner
+    codes[2, 30:34] = 6
+    for seed in range(5):
+        broken = break_codes(codes, np.random.default_rng(seed))
+        changed = broken != codes
+        assert changed.any(axis=1).all()  # every grid is broken
+        near = {0: {1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26}, 1: {55, 62, 63}, 2: set(range(22, 26)) | set(range(29, 35)) | set(range(38, 42))}
+        for i in range(3):
+            assert set(np.flatnonzero(changed[i])) <= near[i]
+    with pytest.raises(ValueError, match="square"):
+        break_codes(np.zeros((1, 10), int), np.random.default_rng(0))
 
 
 # ----------------------------------------------------------------------------------- fine-tuning

@@ -4,8 +4,15 @@ Images go through ``rank.clip_preprocess`` — the exact preprocessing used when
 candidates. Besides the in-batch negatives, each image brings ``hard_negatives`` perturbed
 captions (the same scene with one scored attribute changed: a colour, a shape, the position, the
 size, the relation, or the two objects' shapes swapped), so the model learns the distinctions
-re-ranking needs, not just "which colours are present". With ``reconstructions`` it also sees the
-VQGAN's reconstructions of the renders, which have the same artefacts as generated images.
+re-ranking needs, not just "which colours are present". Those only teach the image → text
+direction; ranking asks the other one (one prompt, which of these images?), so with
+``image_negatives`` each image also brings renders of such changed scenes
+(``shapes.counterpart``), each with its own caption, into the batch. With ``reconstructions`` it
+also sees the VQGAN's reconstructions of the renders, which have the same artefacts as generated
+images; with ``broken_negatives`` also, for each image, its reconstruction from a token grid with
+some of the shape's tokens replaced (``break_codes``: a bite, a bump, a stray colour — the
+mistakes DalleBart makes), an image no caption matches, so a prompt learns to prefer a clean
+shape over a broken one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ class CLIPTrainConfig:
     """Hyper-parameters of a CLIP run.
 
     hard_negatives: perturbed captions per image (0: in-batch negatives only).
+    image_negatives: renders of perturbed scenes per image, with their captions (the embedded
+        pipeline's clip stage; 0: none). The batch then holds ``batch_size * (1 + image_negatives)``
+        images.
+    broken_negatives: add, per image, a reconstruction from corrupted tokens as a negative image
+        with no caption (the embedded pipeline's clip stage; needs ``reconstructions``).
     reconstructions: also train on the VQGAN's reconstructions of the renders (the embedded
         pipeline's clip stage), i.e. on images with the artefacts generated images have, since
         those are what CLIP ranks.
@@ -45,6 +57,8 @@ class CLIPTrainConfig:
     warmup: int = 50
     weight_decay: float = 0.05
     hard_negatives: int = 1
+    image_negatives: int = 0
+    broken_negatives: bool = False
     reconstructions: bool = False
     ckpt_every: int = 200
     log_every: int = 25
@@ -59,23 +73,24 @@ class CLIPTrainConfig:
         return cls(**d)
 
 
-def clip_loss(params, cfg: CLIPConfig, ids, mask, images_uint8):
-    """Contrastive loss. ids/mask int32 [T, L] with T >= B (texts beyond B are extra negatives);
-    images uint8 [B, H, W, 3], image i matches text i."""
-    b = images_uint8.shape[0]
+def clip_loss(params, cfg: CLIPConfig, ids, mask, images_uint8, pairs: int | None = None):
+    """Contrastive loss. ids/mask int32 [T, L]; images uint8 [I, H, W, 3]; image i matches text i
+    for i < ``pairs`` (default I). Texts beyond ``pairs`` are extra negatives for the images,
+    images beyond it extra negatives for the texts."""
+    b = pairs or images_uint8.shape[0]
     pixels = clip_preprocess(images_uint8, cfg)
-    logits = CLIPModel(cfg).apply({"params": params}, ids, mask, pixels)  # [B, T]
+    logits = CLIPModel(cfg).apply({"params": params}, ids, mask, pixels)  # [I, T]
     labels = jnp.arange(b)
-    i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    i2t = optax.softmax_cross_entropy_with_integer_labels(logits[:b], labels).mean()
     t2i = optax.softmax_cross_entropy_with_integer_labels(logits[:, :b].T, labels).mean()
-    acc = (logits.argmax(-1) == labels).mean()
+    acc = (logits[:b].argmax(-1) == labels).mean()
     return (i2t + t2i) / 2, {"loss": (i2t + t2i) / 2, "acc": acc}
 
 
-def make_train_step(cfg: CLIPConfig, opt: optax.GradientTransformation):
+def make_train_step(cfg: CLIPConfig, opt: optax.GradientTransformation, pairs: int | None = None):
     @partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, ids, mask, images):
-        (_, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, cfg, ids, mask, images)
+        (_, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, cfg, ids, mask, images, pairs)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         # CLIP clamps the temperature at 100 (logit_scale = ln 100)
@@ -93,15 +108,25 @@ def train_clip(
     run_dir: str | os.PathLike,
     tcfg: CLIPTrainConfig = CLIPTrainConfig(),
     resume: bool = True,
+    counterpart_fn=None,
+    broken: np.ndarray | None = None,
 ) -> dict:
     """Train on uint8 images [N, H, W, 3].
 
     caption_fn(indices int [B], rng, k) → (captions [B], k·B negative captions or None): fresh
     wordings each step, ``k = tcfg.hard_negatives``. tokenizer: ``rank.ClipTokenizer`` (texts → ids, mask [B, L]).
+    counterpart_fn(indices, rng) → (uint8 images [M, H, W, 3], their M captions): extra image–text
+    pairs that are negatives for the batch's (needed when ``tcfg.image_negatives``).
+    broken: uint8 [N, H, W, 3], a broken version of each image, added to the batch as an image no
+    caption matches (needed when ``tcfg.broken_negatives``).
     """
     images = np.asarray(images)
     if len(images) == 0:
         raise ValueError("no training images")
+    if tcfg.image_negatives and counterpart_fn is None:
+        raise ValueError("image_negatives needs a counterpart_fn (renders of the changed scenes)")
+    if tcfg.broken_negatives and (broken is None or len(broken) != len(images)):
+        raise ValueError("broken_negatives needs a broken version of every training image")
     run_dir = Path(run_dir)
     params = init_clip_params(cfg, jax.random.PRNGKey(tcfg.seed))
     sched = warmup_cosine(tcfg.lr, tcfg.steps, tcfg.warmup)
@@ -115,15 +140,23 @@ def train_clip(
             log.info("clip: resuming %s at step %d", run_dir, int(state["step"]))
     params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
     log.info("clip: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
-    step_fn = make_train_step(cfg, opt)
+    pairs = tcfg.batch_size * (1 + tcfg.image_negatives) if tcfg.broken_negatives else None
+    step_fn = make_train_step(cfg, opt, pairs)
     progress = Progress("clip", tcfg.steps, run_dir, tcfg.log_every, start)
     for step in range(start, tcfg.steps):
         rng = np.random.default_rng([tcfg.seed, step])  # batches depend only on (seed, step)
         idx = rng.integers(len(images), size=tcfg.batch_size)
         caps, negs = caption_fn(idx, rng, int(tcfg.hard_negatives))
+        batch = images[idx]
+        if tcfg.image_negatives:
+            # image j matches text j: the counterparts' captions go right after the batch's
+            extra, extra_caps = counterpart_fn(idx, rng)
+            batch, caps = np.concatenate([batch, extra]), list(caps) + list(extra_caps)
+        if tcfg.broken_negatives:
+            batch = np.concatenate([batch, broken[idx]])  # after every image that has a caption
         texts = list(caps) + (list(negs) if negs is not None else [])
         ids, mask = tokenizer(texts)
-        params, opt_state, metrics = step_fn(params, opt_state, ids, mask, images[idx])
+        params, opt_state, metrics = step_fn(params, opt_state, ids, mask, batch)
         progress.update(step + 1, jax.device_get(metrics))
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
             save_state(run_dir, {"params": params, "opt_state": opt_state, "step": step + 1})
@@ -138,6 +171,56 @@ def shapes_caption_fn(scenes):
         caps = [shapes.caption(scenes[i], rng) for i in idx]
         negs = [shapes.caption(shapes.perturb(scenes[i], rng), rng) for _ in range(k) for i in idx]
         return caps, (negs or None)
+
+    return fn
+
+
+def break_codes(codes: np.ndarray, rng: np.random.Generator, share: float = 0.25) -> np.ndarray:
+    """Token grids int [N, L] with mistakes like a sampler's: in each grid, ``share`` of the tokens
+    that are not background (the grid's most common code) or touch one, at least one, are replaced
+    by a background token (a bite) or by a token drawn from the inked tokens of all grids (a bump,
+    a ragged edge, a stray colour); every chosen token changes. Returns a new array."""
+    codes = np.array(codes)
+    n, length = codes.shape
+    side = int(round(length**0.5))
+    if side * side != length:
+        raise ValueError(f"codes must be square token grids, got length {length}")
+    background = np.array([np.bincount(row).argmax() for row in codes])
+    inked = codes != background[:, None]
+    pool = codes[inked]
+    if pool.size == 0:
+        raise ValueError("no inked tokens to break")
+    for i in range(n):
+        ink = inked[i].reshape(side, side)
+        near = ink.copy()
+        near[1:] |= ink[:-1]
+        near[:-1] |= ink[1:]
+        near[:, 1:] |= ink[:, :-1]
+        near[:, :-1] |= ink[:, 1:]
+        where = np.flatnonzero(near)
+        if where.size == 0:
+            continue
+        m = min(where.size, max(1, int(round(share * ink.sum()))))
+        pos = rng.choice(where, size=m, replace=False)
+        ink_pool = pool[pool != background[i]]
+        if ink_pool.size == 0:
+            continue
+        values = rng.choice(ink_pool, size=m)
+        values[(rng.random(m) < 1 / 3) & inked[i, pos]] = background[i]  # bites only where there is ink
+        same = values == codes[i, pos]  # every chosen token changes
+        values[same] = np.where(inked[i, pos][same], background[i], rng.choice(ink_pool, size=int(same.sum())))
+        codes[i, pos] = values
+    return codes
+
+
+def shapes_counterpart_fn(counterparts, images):
+    """counterpart_fn for the shapes domain: ``counterparts[i]`` are the k changed scenes of
+    training image i and ``images`` uint8 [N, k, H, W, 3] their pictures; fresh wordings each step."""
+    from dalle_core.train import shapes
+
+    def fn(idx, rng):
+        caps = [shapes.caption(counterparts[i][j], rng) for i in idx for j in range(images.shape[1])]
+        return images[idx].reshape((-1,) + images.shape[2:]), caps
 
     return fn
 
@@ -159,6 +242,16 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
     train = _load_data(out, "train")
     tcfg = CLIPTrainConfig.from_dict(ecfg.clip)
     images, scenes = train.images, list(train.scenes)
+    counterparts, cp_images, broken = None, None, None
+    if tcfg.broken_negatives and not tcfg.reconstructions:
+        raise ValueError("clip.broken_negatives needs clip.reconstructions (the VQGAN that breaks the tokens)")
+    if tcfg.image_negatives:
+        from dalle_core.train import shapes
+
+        rng = np.random.default_rng([tcfg.seed, 3])
+        counterparts = [[shapes.counterpart(sc, rng, ecfg.jitter) for _ in range(tcfg.image_negatives)] for sc in scenes]
+        cp_images = np.stack([shapes.render(c) for row in counterparts for c in row])
+        log.info("clip: rendered %d counterpart scenes (image negatives)", len(cp_images))
     if tcfg.reconstructions:
         from dalle_core.checkpoints.vqgan import load_vqgan
         from dalle_core.train.vqgan import decode_codes, encode_images
@@ -167,10 +260,26 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
         if not (vq_folder / "config.json").exists():
             raise FileNotFoundError(f"clip.reconstructions needs the trained VQGAN in {vq_folder}: run the vqgan stage first")
         vq_cfg, vq_params = load_vqgan(vq_folder)
+
+        def reconstruct(x):
+            return decode_codes(vq_cfg, vq_params, encode_images(vq_cfg, vq_params, x))
+
         log.info("clip: reconstructing %d training images with %s", len(images), vq_folder)
-        images = np.concatenate([images, decode_codes(vq_cfg, vq_params, encode_images(vq_cfg, vq_params, images))])
+        codes = encode_images(vq_cfg, vq_params, images)
+        if tcfg.broken_negatives:
+            rng = np.random.default_rng([tcfg.seed, 4])
+            broken = np.concatenate([decode_codes(vq_cfg, vq_params, break_codes(codes, rng)) for _ in range(2)])
+            log.info("clip: %d broken reconstructions (negative images)", len(broken))
+        images = np.concatenate([images, decode_codes(vq_cfg, vq_params, codes)])
         scenes = scenes + scenes
-    params = train_clip(cfg, images, shapes_caption_fn(scenes), tokenizer, out / "clip_run", tcfg, resume=resume)
+        if counterparts is not None:
+            cp_images = np.concatenate([cp_images, reconstruct(cp_images)])
+            counterparts = counterparts + counterparts
+    cp_fn = None
+    if counterparts is not None:
+        cp_fn = shapes_counterpart_fn(counterparts, cp_images.reshape((len(counterparts), tcfg.image_negatives) + cp_images.shape[1:]))
+    params = train_clip(cfg, images, shapes_caption_fn(scenes), tokenizer, out / "clip_run", tcfg, resume=resume,
+                        counterpart_fn=cp_fn, broken=broken)
     save_clip(folder, cfg, params)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"):
         shutil.copy(out / "tokenizer" / "clip" / name, folder / name)

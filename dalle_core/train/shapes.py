@@ -771,3 +771,39 @@ def perturb(scene: Scene, rng: np.random.Generator) -> Scene:
     where = position_of(objs[0].cx, objs[0].cy) | {scene.position}
     position = str(rng.choice([p for p in POSITIONS if p not in where]))
     return dataclasses.replace(scene, position=position)
+
+
+def counterpart(scene: Scene, rng: np.random.Generator, jitter: int = 0, tries: int = 50) -> Scene:
+    """A scene that *looks* different from ``scene`` in exactly one thing the checker scores:
+    ``perturb`` with the objects moved to match (the converse relation swaps the two objects'
+    places, a new position moves the object there, a new size changes its extent).
+
+    CLIP's hard-negative images: the render of the counterpart is wrong for ``scene``'s caption
+    and the counterpart's caption is wrong for ``scene``'s render, so both directions of the
+    contrastive loss learn the distinction ranking needs (one prompt, several candidates).
+    An object whose caption names no position is not moved (its caption would still fit the moved
+    copy), a moved object must leave the named position's region, and a training scene never gets
+    a held-out counterpart. ``jitter``: as in ``jittered``,
+    for a moved object.
+    """
+    for _ in range(tries):
+        neg = perturb(scene, rng)
+        if (scene.position is None and neg.position is not None) or (is_heldout(neg) and not is_heldout(scene)):
+            continue
+        if neg.relation != scene.relation:
+            a, b = neg.objects
+            return dataclasses.replace(neg, objects=(dataclasses.replace(a, cx=b.cx, cy=b.cy), dataclasses.replace(b, cx=a.cx, cy=a.cy)))
+        if neg.position != scene.position:
+            cx, cy = _anchor_single(rng, neg.position)
+            moved = dataclasses.replace(neg, objects=(dataclasses.replace(neg.objects[0], cx=float(cx), cy=float(cy)),))
+            moved = jittered(moved, rng, jitter) if jitter else moved
+            if all(check(render(moved), scene).values()):
+                continue  # the position regions overlap: the moved object still fits scene's words
+            return moved
+        if neg.size != scene.size:
+            o, extent = neg.objects[0], EXTENT[neg.size]
+            lo, hi = extent / 2, IMAGE_SIZE - extent / 2  # a grown object stays inside the image
+            grown = dataclasses.replace(o, cx=min(max(o.cx, lo), hi), cy=min(max(o.cy, lo), hi), extent=extent)
+            return dataclasses.replace(neg, objects=(grown,))
+        return neg
+    raise ValueError(f"no counterpart of {scene} in {tries} draws")

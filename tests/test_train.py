@@ -390,6 +390,9 @@ def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
     assert shipped.vqgan_decoder.decoder_only and not shipped.vqgan.decoder_only
     # jittered renders, and a VQGAN stage long enough to tokenize them (small objects)
     assert (shipped.jitter, shipped.vqgan.steps) == (3, 4500)
+    # CLIP learns to rank: renders of changed scenes and broken reconstructions in every batch
+    clip = CLIPTrainConfig.from_dict(shipped.clip)
+    assert (clip.image_negatives, clip.broken_negatives, clip.reconstructions) == (3, True, True)
     with pytest.raises(ValueError, match="unknown embedded-training key"):
         load_config(None, vqgan_steps=3)
 

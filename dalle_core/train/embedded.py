@@ -62,7 +62,8 @@ class EmbeddedConfig:
     )
     bart: dict = field(default_factory=lambda: {"steps": 10000, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
     clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
-        "steps": 3000, "batch_size": 64, "lr": 1e-3, "hard_negatives": 3, "reconstructions": True})
+        "steps": 3000, "batch_size": 32, "lr": 1e-3, "hard_negatives": 0, "image_negatives": 3, "broken_negatives": True,
+        "reconstructions": True})
 
 
 def load_config(path: str | os.PathLike | None, **overrides) -> EmbeddedConfig:

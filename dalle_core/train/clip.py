@@ -140,8 +140,7 @@ def train_clip(
             log.info("clip: resuming %s at step %d", run_dir, int(state["step"]))
     params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
     log.info("clip: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
-    pairs = tcfg.batch_size * (1 + tcfg.image_negatives) if tcfg.broken_negatives else None
-    step_fn = make_train_step(cfg, opt, pairs)
+    step_fn = make_train_step(cfg, opt, pairs=tcfg.batch_size * (1 + tcfg.image_negatives))  # broken images come after
     progress = Progress("clip", tcfg.steps, run_dir, tcfg.log_every, start)
     for step in range(start, tcfg.steps):
         rng = np.random.default_rng([tcfg.seed, step])  # batches depend only on (seed, step)

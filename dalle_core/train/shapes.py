@@ -783,8 +783,7 @@ def counterpart(scene: Scene, rng: np.random.Generator, jitter: int = 0, tries: 
     contrastive loss learn the distinction ranking needs (one prompt, several candidates).
     An object whose caption names no position is not moved (its caption would still fit the moved
     copy), a moved object must leave the named position's region, and a training scene never gets
-    a held-out counterpart. ``jitter``: as in ``jittered``,
-    for a moved object.
+    a held-out counterpart. ``jitter``: as in ``jittered``, for a moved object.
     """
     for _ in range(tries):
         neg = perturb(scene, rng)

@@ -189,6 +189,7 @@ def break_codes(codes: np.ndarray, rng: np.random.Generator, share: float = 0.25
     pool = codes[inked]
     if pool.size == 0:
         raise ValueError("no inked tokens to break")
+    ink_pools: dict[int, np.ndarray] = {}
     for i in range(n):
         ink = inked[i].reshape(side, side)
         near = ink.copy()
@@ -201,7 +202,9 @@ def break_codes(codes: np.ndarray, rng: np.random.Generator, share: float = 0.25
             continue
         m = min(where.size, max(1, int(round(share * ink.sum()))))
         pos = rng.choice(where, size=m, replace=False)
-        ink_pool = pool[pool != background[i]]
+        if background[i] not in ink_pools:  # nearly every grid has the same background code
+            ink_pools[background[i]] = pool[pool != background[i]]
+        ink_pool = ink_pools[background[i]]
         if ink_pool.size == 0:
             continue
         values = rng.choice(ink_pool, size=m)

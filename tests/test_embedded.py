@@ -133,3 +133,37 @@ def test_prompt_accuracy_scores_each_prompt_against_its_own_scene(tmp_path, caps
     assert rows["a blue square"]["right"] == 0
     assert rows["a red circle"]["right"] >= 3  # what the quick start relies on
     assert "a blue square on the left" in capsys.readouterr().out
+
+
+def test_clip_tune_stage_mines_the_run_s_own_samples_and_fine_tunes_its_clip(tmp_path):
+    """The clip_tune stage on a small run around the shipped DalleBart and VQGAN: it samples training
+    captions, the checker marks the samples, the CLIP is fine-tuned in place, and a second call skips."""
+    import json
+    import shutil
+
+    from dalle_core.generator import Generator
+    from dalle_core.train.embedded import EmbeddedConfig, train_embedded
+
+    tune = {"scenes": 16, "samples": 4, "groups": 2, "wrong": 1, "readings": 2, "steps": 3, "batch_size": 8,
+            "ckpt_every": 3}
+    cfg = EmbeddedConfig(train_images=64, heldout_images=8, clip_tune=tune)
+    run = tmp_path / "run"
+    train_embedded(run, cfg, stages="data")
+    with pytest.raises(FileNotFoundError, match="run its stage first"):
+        train_embedded(run, cfg, stages="clip_tune")
+    for part in ("dalle", "vqgan", "clip"):
+        shutil.copytree(EMBEDDED / part, run / "model" / part)
+    train_embedded(run, cfg, stages="clip_tune")
+
+    with np.load(run / "clip_tune_run" / "mined.npz") as z:
+        right = z["right"]
+    assert right.shape == (16, 4)
+    assert 0.3 < right.mean() < 1.0  # the shipped DalleBart draws most training captions right, not all
+    report = json.loads((run / "clip_tune_run" / "tuned.json").read_text())
+    assert report["samples"] == 64 and report["readings"] >= 2
+    tuned = (run / "model" / "clip" / "model.safetensors").read_bytes()
+    assert tuned != (EMBEDDED / "clip" / "model.safetensors").read_bytes()
+    gen = Generator.from_folder(run / "model")
+    assert gen.score(["a red circle"], np.full((1, 1, 64, 64, 3), 255, np.uint8)).shape == (1, 1)
+    train_embedded(run, cfg, stages="clip_tune")  # done: skipped, the weights stay
+    assert (run / "model" / "clip" / "model.safetensors").read_bytes() == tuned

@@ -220,6 +220,31 @@ def test_counterpart_renders_differ_both_ways(train_data):
     assert kinds == {"relation", "position", "size", "look"}
 
 
+def test_read_scene_names_what_the_checker_sees(train_data):
+    """A reading is a training scene whose words the checker accepts for the image; held-out
+    combinations, empty images and three objects read as nothing."""
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for sc in train_data.scenes[:80]:
+        img = S.render(S.jittered(sc, rng, 3))
+        read = S.read_scene(img, rng)
+        assert read is not None and not S.is_heldout(read)
+        assert all(S.check(img, read).values()), (sc, read)
+        assert sorted((o.colour, o.shape) for o in read.objects) == sorted((o.colour, o.shape) for o in sc.objects)
+        if sc.kind == "single":
+            size = S.size_of(S.objects_in(img)[0].extent)
+            assert read.size == (None if size == "medium" else size)
+            kinds.add("position" if read.position else "single")
+        else:
+            kinds.add(read.relation)
+    assert kinds == {"single", "position", *S.RELATIONS}
+    held = next(p.scene for p in S.eval_prompts("heldout") if p.scene.kind == "pair")
+    assert S.read_scene(S.render(held), rng) is None
+    assert S.read_scene(np.full((64, 64, 3), 255, np.uint8), rng) is None
+    three = S.Scene((S.Obj("red", "circle", 12, 12, 12), S.Obj("blue", "square", 50, 12, 12), S.Obj("green", "triangle", 30, 50, 12)))
+    assert S.read_scene(S.render(three), rng) is None
+
+
 def test_perturb_covers_binding_and_size():
     """Two objects of different shapes can swap shapes (colours and shapes all still named);
     a single object with a size word can change size."""

@@ -234,6 +234,56 @@ def test_clip_loss_counts_images_beyond_the_pairs_as_negatives_for_the_texts():
     assert 0.0 <= float(metrics["acc"]) <= 1.0
 
 
+def test_mined_samples_pair_right_ones_with_their_caption_and_add_wrong_ones_as_negatives(tmp_path, data):
+    """The clip_tune batches: a right sample with its scene's caption, wrong samples of the same scene
+    as captionless negatives, wrong samples read by the checker with the reading's caption; and
+    train_clip starts from the given weights."""
+    from dalle_core.models.clip import init_clip_params
+    from dalle_core.rank import ClipTokenizer
+    from dalle_core.train.clip import (
+        CLIPTrainConfig,
+        shapes_caption_fn,
+        shapes_mined_fn,
+        train_clip,
+    )
+    from dalle_core.train.tokenizer import train_clip_tokenizer
+
+    scenes = data.scenes[:6]
+    images = np.stack([np.stack([S.render(sc), S.render(S.counterpart(sc, np.random.default_rng(i)))]) for i, sc in enumerate(scenes)])
+    right = np.array([[True, False]] * 5 + [[True, True]])  # the last scene has no wrong sample
+    rng = np.random.default_rng(0)
+    readings = [(images[j, 1], r) for j in range(5) if (r := S.read_scene(images[j, 1], rng)) is not None]
+    assert len(readings) >= 2
+    fn = shapes_mined_fn(scenes, images, right, readings, groups=3, wrong=2, n_readings=2)
+    paired, caps, negatives = fn(np.random.default_rng(1))
+    assert paired.shape == (5, 64, 64, 3) and len(caps) == 5 and negatives.shape == (6, 64, 64, 3)
+    for img, cap in zip(paired[:3], caps[:3], strict=True):  # right samples: the scene's own render and words
+        j = next(j for j in range(5) if (images[j, 0] == img).all())
+        assert all(any(w in cap for w in S._COLOUR_WORDS[o.colour]) for o in scenes[j].objects), cap
+        assert any((negatives == images[j, 1]).all(axis=(1, 2, 3)))  # its wrong sample is in the batch
+    for img, cap in zip(paired[3:], caps[3:], strict=True):  # readings: a wrong sample, described
+        read = next(r[1] for r in readings if (img == r[0]).all())
+        assert all(any(w in cap for w in S._SHAPE_WORDS[o.shape]) for o in read.objects), cap
+    with pytest.raises(ValueError, match="too few mined samples"):
+        shapes_mined_fn(scenes, images, right, readings, groups=6, wrong=1, n_readings=1)
+
+    cfg = _tiny_clip(vocab=600, width=32, max_len=24)
+    tok = ClipTokenizer(train_clip_tokenizer(data.captions * 3, 600), 24)
+    small = _small_images(images.reshape((-1, 64, 64, 3))).reshape(images.shape[:2] + (16, 16, 3))
+    readings = [(_small_images(r[0][None])[0], r[1]) for r in readings]
+    base = init_clip_params(cfg, jax.random.PRNGKey(7))
+    tcfg = CLIPTrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=1, log_every=1, ckpt_every=6, hard_negatives=0)
+    tuned = train_clip(cfg, _small_images(data.images), shapes_caption_fn(data.scenes), tok, tmp_path / "tune", tcfg,
+                       init_params=base, extra_fn=shapes_mined_fn(scenes, small, right, readings, 3, 2, 2))
+    logged = [json.loads(line) for line in (tmp_path / "tune" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    fresh = train_clip(cfg, _small_images(data.images), shapes_caption_fn(data.scenes), tok, tmp_path / "t0",
+                       dataclasses.replace(tcfg, steps=0), init_params=base)
+    flat = [jax.tree_util.tree_leaves(p) for p in (base, fresh, tuned)]
+    assert all(np.array_equal(a, b) for a, b in zip(flat[0], flat[1], strict=True))  # no steps: the given weights
+    assert not all(np.array_equal(a, b) for a, b in zip(flat[0], flat[2], strict=True))
+
+
 def test_break_codes_changes_tokens_at_the_shapes_only():
     from dalle_core.train.clip import break_codes
 
@@ -374,16 +424,21 @@ def test_embedded_presets_load_and_the_shipped_one_matches_the_defaults():
     from pathlib import Path
 
     from dalle_core.train.bart import BartTrainConfig
-    from dalle_core.train.clip import CLIPTrainConfig
+    from dalle_core.train.clip import CLIPTrainConfig, CLIPTuneConfig
     from dalle_core.train.embedded import EmbeddedConfig, load_config
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     shipped, default = load_config(configs / "embedded.yaml"), EmbeddedConfig()
     # the preset and the code's defaults train the same model (checkpoint cadence aside)
-    assert dataclasses.replace(shipped, bart={}, clip={}) == dataclasses.replace(default, bart={}, clip={})
+    blank = {"bart": {}, "clip": {}, "clip_tune": {}}
+    assert dataclasses.replace(shipped, **blank) == dataclasses.replace(default, **blank)
     for name, cls in (("bart", BartTrainConfig), ("clip", CLIPTrainConfig)):
         a, b = (dataclasses.replace(cls.from_dict(getattr(c, name)), ckpt_every=0) for c in (shipped, default))
         assert a == b, name
+    a, b = (CLIPTuneConfig.from_dict(c.clip_tune) for c in (shipped, default))
+    assert dataclasses.replace(a, train=dataclasses.replace(a.train, ckpt_every=0)) == dataclasses.replace(
+        b, train=dataclasses.replace(b.train, ckpt_every=0))
+    assert a.train.steps > 0 and a.train.hard_negatives == 0
     # both VQGAN stages weigh colour edges and recolour (the decoder stage unlearns held-out objects without it)
     assert (shipped.vqgan.edge_weight, shipped.vqgan.recolour) == (8.0, 0.5)
     assert (shipped.vqgan_decoder.edge_weight, shipped.vqgan_decoder.recolour) == (8.0, 0.5)

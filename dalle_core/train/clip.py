@@ -110,6 +110,8 @@ def train_clip(
     resume: bool = True,
     counterpart_fn=None,
     broken: np.ndarray | None = None,
+    init_params: dict | None = None,
+    extra_fn=None,
 ) -> dict:
     """Train on uint8 images [N, H, W, 3].
 
@@ -119,6 +121,9 @@ def train_clip(
     pairs that are negatives for the batch's (needed when ``tcfg.image_negatives``).
     broken: uint8 [N, H, W, 3], a broken version of each image, added to the batch as an image no
     caption matches (needed when ``tcfg.broken_negatives``).
+    init_params: start from these weights (fine-tuning) instead of a fresh initialisation.
+    extra_fn(rng) → (uint8 images [M, H, W, 3], their M captions, uint8 negative images [K, H, W, 3]):
+    more pairs and captionless negatives each step, the same M and K every step (``tune_embedded_clip``).
     """
     images = np.asarray(images)
     if len(images) == 0:
@@ -128,7 +133,10 @@ def train_clip(
     if tcfg.broken_negatives and (broken is None or len(broken) != len(images)):
         raise ValueError("broken_negatives needs a broken version of every training image")
     run_dir = Path(run_dir)
-    params = init_clip_params(cfg, jax.random.PRNGKey(tcfg.seed))
+    if init_params is not None:  # a copy: the step donates its params, the caller keeps the given ones
+        params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), init_params)
+    else:
+        params = init_clip_params(cfg, jax.random.PRNGKey(tcfg.seed))
     sched = warmup_cosine(tcfg.lr, tcfg.steps, tcfg.warmup)
     decay = jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=tcfg.weight_decay, mask=decay))
@@ -140,22 +148,31 @@ def train_clip(
             log.info("clip: resuming %s at step %d", run_dir, int(state["step"]))
     params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
     log.info("clip: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
-    step_fn = make_train_step(cfg, opt, pairs=tcfg.batch_size * (1 + tcfg.image_negatives))  # broken images come after
+    step_fns: dict[int, object] = {}  # by the number of image–caption pairs (fixed in practice)
     progress = Progress("clip", tcfg.steps, run_dir, tcfg.log_every, start)
     for step in range(start, tcfg.steps):
         rng = np.random.default_rng([tcfg.seed, step])  # batches depend only on (seed, step)
         idx = rng.integers(len(images), size=tcfg.batch_size)
         caps, negs = caption_fn(idx, rng, int(tcfg.hard_negatives))
-        batch = images[idx]
+        # image j matches text j for j < pairs; captionless negative images come after them
+        paired, caps, unpaired = [images[idx]], list(caps), []
         if tcfg.image_negatives:
-            # image j matches text j: the counterparts' captions go right after the batch's
             extra, extra_caps = counterpart_fn(idx, rng)
-            batch, caps = np.concatenate([batch, extra]), list(caps) + list(extra_caps)
+            paired.append(extra)
+            caps += list(extra_caps)
+        if extra_fn is not None:
+            extra, extra_caps, extra_negatives = extra_fn(rng)
+            paired.append(extra)
+            caps += list(extra_caps)
+            unpaired.append(extra_negatives)
         if tcfg.broken_negatives:
-            batch = np.concatenate([batch, broken[idx]])  # after every image that has a caption
-        texts = list(caps) + (list(negs) if negs is not None else [])
+            unpaired.append(broken[idx])
+        pairs = len(caps)
+        if pairs not in step_fns:
+            step_fns[pairs] = make_train_step(cfg, opt, pairs=pairs)
+        texts = caps + (list(negs) if negs is not None else [])
         ids, mask = tokenizer(texts)
-        params, opt_state, metrics = step_fn(params, opt_state, ids, mask, batch)
+        params, opt_state, metrics = step_fns[pairs](params, opt_state, ids, mask, np.concatenate(paired + unpaired))
         progress.update(step + 1, jax.device_get(metrics))
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
             save_state(run_dir, {"params": params, "opt_state": opt_state, "step": step + 1})
@@ -225,6 +242,139 @@ def shapes_counterpart_fn(counterparts, images):
         return images[idx].reshape((-1,) + images.shape[2:]), caps
 
     return fn
+
+
+@dataclass(frozen=True)
+class CLIPTuneConfig:
+    """The ``clip_tune`` stage: the trained CLIP fine-tuned on the run's own DalleBart samples.
+
+    scenes: training scenes whose captions DalleBart samples, ``samples`` times each, at
+        ``condition_scale`` and ``top_k`` (the settings the model ships with); the pixel checker
+        marks each sample right or wrong.
+    groups: per step, mined scenes with a right and a wrong sample: a right one is paired with a
+        fresh caption of the scene and ``wrong`` wrong ones join as captionless negatives, so the
+        caption learns to pick its right sample out of DalleBart's own mistakes.
+    readings: per step, wrong samples captioned with what the checker sees in them
+        (``shapes.read_scene``: never a held-out combination).
+    train: the ``CLIPTrainConfig`` of the fine-tuning (``batch_size`` training renders with their
+        captions per step keep the contrastive task); ``steps: 0`` skips the stage.
+    """
+
+    scenes: int = 4000
+    samples: int = 8
+    condition_scale: float = 1.0
+    top_k: int = 4
+    groups: int = 16
+    wrong: int = 3
+    readings: int = 32
+    train: CLIPTrainConfig = CLIPTrainConfig(steps=2000, batch_size=32, lr=1e-3, hard_negatives=0, ckpt_every=250)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> CLIPTuneConfig:
+        """Its own keys, plus any ``CLIPTrainConfig`` key for ``train``."""
+        d = dict(d or {})
+        own = {f.name for f in fields(cls)} - {"train"}
+        train = {f.name: getattr(cls.train, f.name) for f in fields(CLIPTrainConfig)}
+        train.update({k: v for k, v in d.items() if k not in own})
+        return cls(**{k: v for k, v in d.items() if k in own}, train=CLIPTrainConfig.from_dict(train))
+
+
+def mine_samples(generator, scenes, samples: int, settings, rng: np.random.Generator, seed: int = 0, batch: int = 16):
+    """DalleBart's samples of one fresh caption per scene, checked against the scene.
+
+    Returns (captions [M], uint8 images [M, samples, H, W, 3], bool right [M, samples]); logs its progress.
+    """
+    from dalle_core.train import shapes
+
+    captions = [shapes.caption(sc, rng) for sc in scenes]
+    images, right = [], []
+    for start in range(0, len(scenes), batch):
+        chunk = captions[start : start + batch]
+        texts = chunk + [chunk[-1]] * (batch - len(chunk))  # one batch shape, one compilation
+        decoded = generator.decode(generator.sample_tokens(texts, samples, seed + start, settings)[: len(chunk)])
+        for scene, row in zip(scenes[start : start + batch], decoded, strict=True):
+            right.append([all(shapes.check(x, scene).values()) for x in row])
+        images.append(decoded)
+        if (start // batch) % 25 == 0 or start + batch >= len(scenes):
+            log.info("clip_tune: sampled %d/%d scenes, %.1f%% right", min(start + batch, len(scenes)), len(scenes),
+                     100 * np.mean(right))
+    return captions, np.concatenate(images), np.asarray(right, bool)
+
+
+def shapes_mined_fn(scenes, images: np.ndarray, right: np.ndarray, readings, groups: int, wrong: int, n_readings: int):
+    """extra_fn for ``train_clip`` from mined samples: ``scenes[j]`` was sampled into ``images[j]``
+    (uint8 [M, S, H, W, 3]) with ``right[j]`` (bool [M, S]) the checker's verdicts; ``readings`` are
+    (image, scene) pairs, wrong samples with what they show. See ``CLIPTuneConfig``."""
+    from dalle_core.train import shapes
+
+    usable = np.flatnonzero(right.any(1) & (~right).any(1))
+    if len(usable) < groups or len(readings) < n_readings:
+        raise ValueError(f"too few mined samples: {len(usable)} scenes with a right and a wrong sample (need "
+                         f"{groups}), {len(readings)} readable wrong samples (need {n_readings})")
+
+    def fn(rng):
+        paired, captions, negatives = [], [], []
+        for j in rng.choice(usable, size=groups, replace=False):
+            paired.append(images[j, rng.choice(np.flatnonzero(right[j]))])
+            captions.append(shapes.caption(scenes[j], rng))
+            negatives.extend(images[j, rng.choice(np.flatnonzero(~right[j]), size=wrong)])
+        for r in rng.choice(len(readings), size=n_readings, replace=False):
+            paired.append(readings[r][0])
+            captions.append(shapes.caption(readings[r][1], rng))
+        return np.stack(paired), captions, np.stack(negatives) if negatives else np.zeros((0,) + images.shape[2:], np.uint8)
+
+    return fn
+
+
+def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
+    """The ``clip_tune`` stage of ``train_embedded``: ``out/model/clip`` fine-tuned on the run's
+    DalleBart samples of training captions (``CLIPTuneConfig``), in place."""
+    import json
+
+    from dalle_core.checkpoints.clip import load_clip, save_clip
+    from dalle_core.generator import Generator
+    from dalle_core.rank import load_clip_tokenizer
+    from dalle_core.train import shapes
+    from dalle_core.train.embedded import _load_data
+    from dalle_core.types import SamplingSettings
+
+    folder, run_dir = out / "model" / "clip", out / "clip_tune_run"
+    done = run_dir / "tuned.json"
+    ucfg = CLIPTuneConfig.from_dict(ecfg.clip_tune)
+    if ucfg.train.steps == 0 or (resume and done.exists()):
+        log.info("clip_tune: %s", "already done" if done.exists() else "skipped (steps: 0)")
+        return folder
+    for part in ("dalle", "vqgan", "clip"):
+        if not (out / "model" / part / "config.json").exists():
+            raise FileNotFoundError(f"clip_tune needs the run's {part} in {out / 'model' / part}: run its stage first")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = _load_data(out, "train")
+    rng = np.random.default_rng([ucfg.train.seed, 5])
+    chosen = rng.choice(len(train.scenes), size=min(ucfg.scenes, len(train.scenes)), replace=False)
+    scenes = [train.scenes[i] for i in chosen]
+    mined = run_dir / "mined.npz"
+    if resume and mined.exists():
+        with np.load(mined) as z:
+            images, right = z["images"], z["right"]
+        log.info("clip_tune: %d mined samples from %s", right.size, mined)
+    else:
+        settings = SamplingSettings(condition_scale=ucfg.condition_scale, top_k=ucfg.top_k, top_p=None, temperature=1.0)
+        _, images, right = mine_samples(Generator.from_folder(out / "model"), scenes, ucfg.samples, settings, rng,
+                                        seed=ucfg.train.seed)
+        np.savez_compressed(mined, images=images, right=right)
+    readings = [(images[j, k], sc) for j, k in zip(*np.nonzero(~right), strict=True)
+                if (sc := shapes.read_scene(images[j, k], rng)) is not None]
+    log.info("clip_tune: %d samples, %.1f%% right; %d wrong ones read as a training scene",
+             right.size, 100 * right.mean(), len(readings))
+    cfg, base = load_clip(folder)
+    tokenizer = load_clip_tokenizer(folder, cfg.text.max_position_embeddings)
+    extra = shapes_mined_fn(scenes, images, right, readings, ucfg.groups, ucfg.wrong, ucfg.readings)
+    params = train_clip(cfg, train.images, shapes_caption_fn(train.scenes), tokenizer, run_dir, ucfg.train,
+                        resume=resume, init_params=base, extra_fn=extra)
+    save_clip(folder, cfg, params)
+    done.write_text(json.dumps({"samples": int(right.size), "right": round(float(right.mean()), 4),
+                                "readings": len(readings)}, indent=2) + "\n")
+    return folder
 
 
 def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:

@@ -33,7 +33,7 @@ from dalle_core.train.vqgan import VQGANTrainConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "export")
+STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "clip_tune", "export")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class EmbeddedConfig:
     clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
         "steps": 3000, "batch_size": 32, "lr": 1e-3, "hard_negatives": 0, "image_negatives": 3, "broken_negatives": True,
         "reconstructions": True})
+    # CLIPTuneConfig fields (and CLIPTrainConfig ones for its fine-tuning); runs after the bart and clip stages
+    clip_tune: dict = field(default_factory=lambda: {
+        "scenes": 4000, "samples": 8, "groups": 16, "wrong": 3, "readings": 32, "steps": 2000, "lr": 1e-3})
 
 
 def load_config(path: str | os.PathLike | None, **overrides) -> EmbeddedConfig:
@@ -191,6 +194,10 @@ def train_embedded(
             from dalle_core.train.clip import train_embedded_clip
 
             train_embedded_clip(out, cfg, variant, resume=resume)
+        elif stage == "clip_tune":
+            from dalle_core.train.clip import tune_embedded_clip
+
+            tune_embedded_clip(out, cfg, resume=resume)
         elif stage == "export":
             _stage_export(out, model_dir)
         timings.record(stage, time.time() - t0)

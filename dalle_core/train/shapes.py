@@ -722,6 +722,32 @@ def check(image, scene: Scene, objects: list[Component] | None = None) -> dict[s
     return {"objects": ok, "relation": rel}
 
 
+def read_scene(image, rng: np.random.Generator, objects: list[Component] | None = None) -> Scene | None:
+    """What the checker sees in an image, as a training scene a caption can describe, or None.
+
+    One object: its colour and shape, its size when small or large, and half the time one of
+    the positions its centroid satisfies. Two objects of different colours: a relation that
+    holds between them. Anything else (nothing, three objects, two of one colour, no clear
+    relation), and a held-out combination, reads as None: training never names one.
+    """
+    side = np.asarray(image).shape[1]
+    objs = objects_in(image) if objects is None else objects
+    things = tuple(Obj(c.colour, c.shape, c.cx * IMAGE_SIZE / side, c.cy * IMAGE_SIZE / side, c.extent) for c in objs)
+    if len(objs) == 1:
+        size = size_of(objs[0].extent, side)
+        where = sorted(position_of(objs[0].cx, objs[0].cy, side))
+        position = where[int(rng.integers(len(where)))] if where and rng.random() < 0.5 else None
+        scene = Scene(things, position=position, size=None if size == "medium" else size)
+    elif len(objs) == 2 and objs[0].colour != objs[1].colour:
+        holds = [r for r in RELATIONS if relation_holds(objs[0], objs[1], r, side)]
+        if not holds:
+            return None
+        scene = Scene(things, relation=holds[0])
+    else:
+        return None
+    return None if is_heldout(scene) else scene
+
+
 def save_dataset(path, data: ShapesData) -> None:
     """Save images (npz) and captions + scenes (JSON lines next to it)."""
     from pathlib import Path

@@ -167,3 +167,6 @@ def test_clip_tune_stage_mines_the_run_s_own_samples_and_fine_tunes_its_clip(tmp
     assert gen.score(["a red circle"], np.full((1, 1, 64, 64, 3), 255, np.uint8)).shape == (1, 1)
     train_embedded(run, cfg, stages="clip_tune")  # done: skipped, the weights stay
     assert (run / "model" / "clip" / "model.safetensors").read_bytes() == tuned
+    # without resume it tunes the clip stage's weights again, not its own result: the same weights
+    train_embedded(run, cfg, stages="clip_tune", resume=False)
+    assert (run / "model" / "clip" / "model.safetensors").read_bytes() == tuned

@@ -245,6 +245,20 @@ def test_read_scene_names_what_the_checker_sees(train_data):
     assert S.read_scene(S.render(three), rng) is None
 
 
+def test_shows_heldout_spots_held_out_looks_only(train_data):
+    rng = np.random.default_rng(0)
+    assert not any(S.shows_heldout(S.render(S.jittered(sc, rng, 3))) for sc in train_data.scenes[:80])
+    held = S.make_dataset(120, seed=1, split="heldout", jitter=3)
+    def sized(sc):
+        return sc.kind == "single" and (sc.size, sc.objects[0].colour, sc.objects[0].shape) in S.HELDOUT_SIZED
+
+    looks = [im for im, sc in zip(held.images, held.scenes, strict=True) if sc.kind == "pair" or sized(sc)]
+    positioned = [im for im, sc in zip(held.images, held.scenes, strict=True) if sc.kind == "single" and not sized(sc)]
+    assert looks and positioned
+    assert all(S.shows_heldout(im) for im in looks)
+    assert not any(S.shows_heldout(im) for im in positioned)  # training shows these looks, unpositioned
+
+
 def test_perturb_covers_binding_and_size():
     """Two objects of different shapes can swap shapes (colours and shapes all still named);
     a single object with a size word can change size."""

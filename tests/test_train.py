@@ -254,7 +254,7 @@ def test_mined_samples_pair_right_ones_with_their_caption_and_add_wrong_ones_as_
     rng = np.random.default_rng(0)
     readings = [(images[j, 1], r) for j in range(5) if (r := S.read_scene(images[j, 1], rng)) is not None]
     assert len(readings) >= 2
-    fn = shapes_mined_fn(scenes, images, right, readings, groups=3, wrong=2, n_readings=2)
+    fn = shapes_mined_fn(scenes, images, right, ~right, readings, groups=3, wrong=2, n_readings=2)
     paired, caps, negatives = fn(np.random.default_rng(1))
     assert paired.shape == (5, 64, 64, 3) and len(caps) == 5 and negatives.shape == (6, 64, 64, 3)
     for img, cap in zip(paired[:3], caps[:3], strict=True):  # right samples: the scene's own render and words
@@ -265,7 +265,7 @@ def test_mined_samples_pair_right_ones_with_their_caption_and_add_wrong_ones_as_
         read = next(r[1] for r in readings if (img == r[0]).all())
         assert all(any(w in cap for w in S._SHAPE_WORDS[o.shape]) for o in read.objects), cap
     with pytest.raises(ValueError, match="too few mined samples"):
-        shapes_mined_fn(scenes, images, right, readings, groups=6, wrong=1, n_readings=1)
+        shapes_mined_fn(scenes, images, right, ~right, readings, groups=6, wrong=1, n_readings=1)
 
     cfg = _tiny_clip(vocab=600, width=32, max_len=24)
     tok = ClipTokenizer(train_clip_tokenizer(data.captions * 3, 600), 24)
@@ -274,7 +274,7 @@ def test_mined_samples_pair_right_ones_with_their_caption_and_add_wrong_ones_as_
     base = init_clip_params(cfg, jax.random.PRNGKey(7))
     tcfg = CLIPTrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=1, log_every=1, ckpt_every=6, hard_negatives=0)
     tuned = train_clip(cfg, _small_images(data.images), shapes_caption_fn(data.scenes), tok, tmp_path / "tune", tcfg,
-                       init_params=base, extra_fn=shapes_mined_fn(scenes, small, right, readings, 3, 2, 2))
+                       init_params=base, extra_fn=shapes_mined_fn(scenes, small, right, ~right, readings, 3, 2, 2))
     logged = [json.loads(line) for line in (tmp_path / "tune" / "log.jsonl").read_text().splitlines()]
     assert logged[-1]["loss"] < logged[0]["loss"]
     fresh = train_clip(cfg, _small_images(data.images), shapes_caption_fn(data.scenes), tok, tmp_path / "t0",

@@ -256,6 +256,7 @@ class CLIPTuneConfig:
         caption learns to pick its right sample out of DalleBart's own mistakes.
     readings: per step, wrong samples captioned with what the checker sees in them
         (``shapes.read_scene``: never a held-out combination).
+    A sample that looks like a held-out combination (``shapes.shows_heldout``) is left out.
     train: the ``CLIPTrainConfig`` of the fine-tuning (``batch_size`` training renders with their
         captions per step keep the contrastive task); ``steps: 0`` skips the stage.
     """
@@ -282,32 +283,37 @@ class CLIPTuneConfig:
 def mine_samples(generator, scenes, samples: int, settings, rng: np.random.Generator, seed: int = 0, batch: int = 16):
     """DalleBart's samples of one fresh caption per scene, checked against the scene.
 
-    Returns (captions [M], uint8 images [M, samples, H, W, 3], bool right [M, samples]); logs its progress.
+    Returns (captions [M], uint8 images [M, samples, H, W, 3], bool right [M, samples], bool
+    held-out look [M, samples] (``shapes.shows_heldout``)); logs its progress.
     """
     from dalle_core.train import shapes
 
     captions = [shapes.caption(sc, rng) for sc in scenes]
-    images, right = [], []
+    images, right, heldout = [], [], []
     for start in range(0, len(scenes), batch):
         chunk = captions[start : start + batch]
         texts = chunk + [chunk[-1]] * (batch - len(chunk))  # one batch shape, one compilation
         decoded = generator.decode(generator.sample_tokens(texts, samples, seed + start, settings)[: len(chunk)])
         for scene, row in zip(scenes[start : start + batch], decoded, strict=True):
-            right.append([all(shapes.check(x, scene).values()) for x in row])
+            seen = [shapes.objects_in(x) for x in row]
+            right.append([all(shapes.check(x, scene, objs).values()) for x, objs in zip(row, seen, strict=True)])
+            heldout.append([shapes.shows_heldout(x, objs) for x, objs in zip(row, seen, strict=True)])
         images.append(decoded)
         if (start // batch) % 25 == 0 or start + batch >= len(scenes):
             log.info("clip_tune: sampled %d/%d scenes, %.1f%% right", min(start + batch, len(scenes)), len(scenes),
                      100 * np.mean(right))
-    return captions, np.concatenate(images), np.asarray(right, bool)
+    return captions, np.concatenate(images), np.asarray(right, bool), np.asarray(heldout, bool)
 
 
-def shapes_mined_fn(scenes, images: np.ndarray, right: np.ndarray, readings, groups: int, wrong: int, n_readings: int):
+def shapes_mined_fn(scenes, images: np.ndarray, right: np.ndarray, wrong_ones: np.ndarray, readings, groups: int,
+                    wrong: int, n_readings: int):
     """extra_fn for ``train_clip`` from mined samples: ``scenes[j]`` was sampled into ``images[j]``
-    (uint8 [M, S, H, W, 3]) with ``right[j]`` (bool [M, S]) the checker's verdicts; ``readings`` are
-    (image, scene) pairs, wrong samples with what they show. See ``CLIPTuneConfig``."""
+    (uint8 [M, S, H, W, 3]); ``right[j]`` and ``wrong_ones[j]`` (bool [M, S]) mark the samples to use
+    as right and as wrong (a sample may be neither); ``readings`` are (image, scene) pairs, wrong
+    samples with what they show. See ``CLIPTuneConfig``."""
     from dalle_core.train import shapes
 
-    usable = np.flatnonzero(right.any(1) & (~right).any(1))
+    usable = np.flatnonzero(right.any(1) & wrong_ones.any(1))
     if len(usable) < groups or len(readings) < n_readings:
         raise ValueError(f"too few mined samples: {len(usable)} scenes with a right and a wrong sample (need "
                          f"{groups}), {len(readings)} readable wrong samples (need {n_readings})")
@@ -317,7 +323,7 @@ def shapes_mined_fn(scenes, images: np.ndarray, right: np.ndarray, readings, gro
         for j in rng.choice(usable, size=groups, replace=False):
             paired.append(images[j, rng.choice(np.flatnonzero(right[j]))])
             captions.append(shapes.caption(scenes[j], rng))
-            negatives.extend(images[j, rng.choice(np.flatnonzero(~right[j]), size=wrong)])
+            negatives.extend(images[j, rng.choice(np.flatnonzero(wrong_ones[j]), size=wrong)])
         for r in rng.choice(len(readings), size=n_readings, replace=False):
             paired.append(readings[r][0])
             captions.append(shapes.caption(readings[r][1], rng))
@@ -355,25 +361,32 @@ def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
     mined = run_dir / "mined.npz"
     if resume and mined.exists():
         with np.load(mined) as z:
-            images, right = z["images"], z["right"]
+            images, right, heldout = z["images"], z["right"], z["heldout"]
         log.info("clip_tune: %d mined samples from %s", right.size, mined)
     else:
         settings = SamplingSettings(condition_scale=ucfg.condition_scale, top_k=ucfg.top_k, top_p=None, temperature=1.0)
-        _, images, right = mine_samples(Generator.from_folder(out / "model"), scenes, ucfg.samples, settings, rng,
-                                        seed=ucfg.train.seed)
-        np.savez_compressed(mined, images=images, right=right)
-    readings = [(images[j, k], sc) for j, k in zip(*np.nonzero(~right), strict=True)
+        _, images, right, heldout = mine_samples(Generator.from_folder(out / "model"), scenes, ucfg.samples, settings,
+                                                 rng, seed=ucfg.train.seed)
+        np.savez_compressed(mined, images=images, right=right, heldout=heldout)
+    # a sample that looks like a held-out combination is not used at all: training never shows one
+    use_right, use_wrong = right & ~heldout, ~right & ~heldout
+    readings = [(images[j, k], sc) for j, k in zip(*np.nonzero(use_wrong), strict=True)
                 if (sc := shapes.read_scene(images[j, k], rng)) is not None]
-    log.info("clip_tune: %d samples, %.1f%% right; %d wrong ones read as a training scene",
-             right.size, 100 * right.mean(), len(readings))
-    cfg, base = load_clip(folder)
+    log.info("clip_tune: %d samples, %.1f%% right, %d look held-out (left out); %d wrong ones read as a training scene",
+             right.size, 100 * right.mean(), int(heldout.sum()), len(readings))
+    # the clip stage's weights, kept: the result replaces them in model/clip, and a rerun without
+    # resume must start from them again, not from its own result
+    base_dir = run_dir / "clip_stage"
+    if not (base_dir / "config.json").exists():
+        save_clip(base_dir, *load_clip(folder))
+    cfg, base = load_clip(base_dir)
     tokenizer = load_clip_tokenizer(folder, cfg.text.max_position_embeddings)
-    extra = shapes_mined_fn(scenes, images, right, readings, ucfg.groups, ucfg.wrong, ucfg.readings)
+    extra = shapes_mined_fn(scenes, images, use_right, use_wrong, readings, ucfg.groups, ucfg.wrong, ucfg.readings)
     params = train_clip(cfg, train.images, shapes_caption_fn(train.scenes), tokenizer, run_dir, ucfg.train,
                         resume=resume, init_params=base, extra_fn=extra)
     save_clip(folder, cfg, params)
     done.write_text(json.dumps({"samples": int(right.size), "right": round(float(right.mean()), 4),
-                                "readings": len(readings)}, indent=2) + "\n")
+                                "heldout_looks": int(heldout.sum()), "readings": len(readings)}, indent=2) + "\n")
     return folder
 
 

@@ -1,4 +1,5 @@
-"""Reproduce the embedded model from scratch: dataset → tokenizers → VQGAN → tokens → DalleBart, CLIP.
+"""Reproduce the embedded model from scratch: dataset → tokenizers → VQGAN → tokens → DalleBart, CLIP
+→ CLIP fine-tuned on DalleBart's own samples (``clip_tune``, after both).
 
 One command, resumable: every stage writes its result into ``out_dir`` and a finished stage is
 skipped when the command runs again (``resume=True``); the VQGAN, DalleBart and CLIP stages also

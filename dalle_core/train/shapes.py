@@ -722,6 +722,18 @@ def check(image, scene: Scene, objects: list[Component] | None = None) -> dict[s
     return {"objects": ok, "relation": rel}
 
 
+def shows_heldout(image, objects: list[Component] | None = None) -> bool:
+    """True when the image looks like a held-out combination: an object of a held-out size×colour×shape
+    triple or two objects of a held-out pair (training renders never look like either; a held-out
+    colour×shape×position triple does, as an unpositioned object, so it does not count)."""
+    side = np.asarray(image).shape[1]
+    objs = objects_in(image) if objects is None else objects
+    if any((size_of(c.extent, side), c.colour, c.shape) in HELDOUT_SIZED for c in objs):
+        return True
+    looks = {(c.colour, c.shape) for c in objs}
+    return any(frozenset({a, b}) in HELDOUT_PAIRS for a in looks for b in looks if a != b)
+
+
 def read_scene(image, rng: np.random.Generator, objects: list[Component] | None = None) -> Scene | None:
     """What the checker sees in an image, as a training scene a caption can describe, or None.
 

@@ -242,6 +242,7 @@ def test_mined_samples_pair_right_ones_with_their_caption_and_add_wrong_ones_as_
     from dalle_core.rank import ClipTokenizer
     from dalle_core.train.clip import (
         CLIPTrainConfig,
+        clip_loss,
         shapes_caption_fn,
         shapes_mined_fn,
         train_clip,
@@ -272,11 +273,14 @@ def test_mined_samples_pair_right_ones_with_their_caption_and_add_wrong_ones_as_
     small = _small_images(images.reshape((-1, 64, 64, 3))).reshape(images.shape[:2] + (16, 16, 3))
     readings = [(_small_images(r[0][None])[0], r[1]) for r in readings]
     base = init_clip_params(cfg, jax.random.PRNGKey(7))
-    tcfg = CLIPTrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=1, log_every=1, ckpt_every=6, hard_negatives=0)
+    tcfg = CLIPTrainConfig(steps=12, batch_size=8, lr=3e-3, warmup=1, log_every=1, ckpt_every=12, hard_negatives=0)
     tuned = train_clip(cfg, _small_images(data.images), shapes_caption_fn(data.scenes), tok, tmp_path / "tune", tcfg,
                        init_params=base, extra_fn=shapes_mined_fn(scenes, small, right, ~right, readings, 3, 2, 2))
-    logged = [json.loads(line) for line in (tmp_path / "tune" / "log.jsonl").read_text().splitlines()]
-    assert logged[-1]["loss"] < logged[0]["loss"]
+    # the renders' contrastive task improves: the loss on a fixed batch (one step's loss is noisy)
+    ids, mask = tok(data.captions[:16])
+    fixed = _small_images(data.images[:16])
+    before, after = (float(clip_loss(p, cfg, ids, mask, fixed)[0]) for p in (base, tuned))
+    assert after < before - 0.05, (before, after)
     fresh = train_clip(cfg, _small_images(data.images), shapes_caption_fn(data.scenes), tok, tmp_path / "t0",
                        dataclasses.replace(tcfg, steps=0), init_params=base)
     flat = [jax.tree_util.tree_leaves(p) for p in (base, fresh, tuned)]

@@ -744,7 +744,8 @@ def read_scene(image, rng: np.random.Generator, objects: list[Component] | None 
     """
     side = np.asarray(image).shape[1]
     objs = objects_in(image) if objects is None else objects
-    things = tuple(Obj(c.colour, c.shape, c.cx * IMAGE_SIZE / side, c.cy * IMAGE_SIZE / side, c.extent) for c in objs)
+    scale = IMAGE_SIZE / side  # scenes are in the 64-pixel frame
+    things = tuple(Obj(c.colour, c.shape, c.cx * scale, c.cy * scale, round(c.extent * scale)) for c in objs)
     if len(objs) == 1:
         size = size_of(objs[0].extent, side)
         where = sorted(position_of(objs[0].cx, objs[0].cy, side))

@@ -283,8 +283,8 @@ class CLIPTuneConfig:
 def mine_samples(generator, scenes, samples: int, settings, rng: np.random.Generator, seed: int = 0, batch: int = 16):
     """DalleBart's samples of one fresh caption per scene, checked against the scene.
 
-    Returns (captions [M], uint8 images [M, samples, H, W, 3], bool right [M, samples], bool
-    held-out look [M, samples] (``shapes.shows_heldout``)); logs its progress.
+    Returns (uint8 images [M, samples, H, W, 3], bool right [M, samples], bool held-out look
+    [M, samples] (``shapes.shows_heldout``)); logs its progress.
     """
     from dalle_core.train import shapes
 
@@ -302,7 +302,7 @@ def mine_samples(generator, scenes, samples: int, settings, rng: np.random.Gener
         if (start // batch) % 25 == 0 or start + batch >= len(scenes):
             log.info("clip_tune: sampled %d/%d scenes, %.1f%% right", min(start + batch, len(scenes)), len(scenes),
                      100 * np.mean(right))
-    return captions, np.concatenate(images), np.asarray(right, bool), np.asarray(heldout, bool)
+    return np.concatenate(images), np.asarray(right, bool), np.asarray(heldout, bool)
 
 
 def shapes_mined_fn(scenes, images: np.ndarray, right: np.ndarray, wrong_ones: np.ndarray, readings, groups: int,
@@ -365,8 +365,8 @@ def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
         log.info("clip_tune: %d mined samples from %s", right.size, mined)
     else:
         settings = SamplingSettings(condition_scale=ucfg.condition_scale, top_k=ucfg.top_k, top_p=None, temperature=1.0)
-        _, images, right, heldout = mine_samples(Generator.from_folder(out / "model"), scenes, ucfg.samples, settings,
-                                                 rng, seed=ucfg.train.seed)
+        images, right, heldout = mine_samples(Generator.from_folder(out / "model"), scenes, ucfg.samples, settings,
+                                              rng, seed=ucfg.train.seed)
         np.savez_compressed(mined, images=images, right=right, heldout=heldout)
     # a sample that looks like a held-out combination is not used at all: training never shows one
     use_right, use_wrong = right & ~heldout, ~right & ~heldout

@@ -187,11 +187,11 @@ def test_clip_steps_lower_the_loss(tmp_path, data):
     images = _small_images(data.images)
     # judged by the loss on one fixed batch before and after (one step's loss against another's is noise)
     ids, mask = tok(data.captions[:16])
-    before = float(clip_loss(init_clip_params(cfg, jax.random.PRNGKey(0)), cfg, ids, mask, images[:16])[0])
 
     def fixed_loss(params):
         return float(clip_loss(params, cfg, ids, mask, images[:16])[0])
 
+    before = fixed_loss(init_clip_params(cfg, jax.random.PRNGKey(0)))
     tcfg = CLIPTrainConfig(steps=8, batch_size=16, lr=3e-3, warmup=1, log_every=1, ckpt_every=8)
     params = train_clip(cfg, images, shapes_caption_fn(data.scenes), tok, tmp_path / "clip", tcfg)
     caps, negs = shapes_caption_fn(data.scenes)(np.arange(4), np.random.default_rng(0), 3)

@@ -264,7 +264,7 @@ def train_embedded_bart(out: Path, ecfg, variant, resume: bool = True) -> Path:
 
     from dalle_core.checkpoints.bart import save_dalle_bart
     from dalle_core.text import TextTokenizer
-    from dalle_core.train.embedded import _all_captions
+    from dalle_core.train.embedded import bart_pairs
 
     folder = out / "model" / "dalle"
     if resume and (folder / "flax_model.msgpack").exists():
@@ -272,8 +272,7 @@ def train_embedded_bart(out: Path, ecfg, variant, resume: bool = True) -> Path:
         return folder
     cfg = variant.bart
     tokenizer = TextTokenizer.from_folder(out / "tokenizer" / "dalle", max_length=cfg.max_text_length)
-    codes = np.load(out / "tokens.npz")["codes"]
-    caps = _all_captions(out, ecfg)
+    codes, caps = bart_pairs(out, ecfg)
     ids, mask = tokenize_captions(tokenizer, caps)
     tcfg = BartTrainConfig.from_dict(ecfg.bart)
     params = train_bart(cfg, codes, ids, mask, unconditional_row(tokenizer), out / "bart_run", tcfg, resume=resume)

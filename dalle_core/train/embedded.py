@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,6 +46,9 @@ class EmbeddedConfig:
     train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
     captions_per_image: caption wordings drawn per training scene for DalleBart and CLIP.
     jitter: whole pixels by which rendered objects may leave the 8-pixel anchor grid.
+    bart_extra_images: more training scenes (fresh renders of training combinations), rendered and
+        tokenized by the tokens stage for DalleBart alone; the VQGAN and CLIP stages keep
+        ``train_images``. DalleBart memorises 16000 images; 80000 more lift held-out pairs (model card).
     """
 
     variant: str = "tiny"
@@ -53,6 +57,7 @@ class EmbeddedConfig:
     heldout_images: int = 400
     captions_per_image: int = 4
     jitter: int = 3  # pixels objects may move off the 8-pixel anchor grid (shapes.jittered)
+    bart_extra_images: int = 80000  # DalleBart-only training scenes (tokens stage: bart_extra.npz)
     vqgan: VQGANTrainConfig = VQGANTrainConfig(
         steps=4500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, edge_weight=8.0, recolour=0.5,
         restart_every=25, ckpt_every=50,
@@ -164,13 +169,14 @@ def train_embedded(
             from dalle_core.checkpoints.vqgan import load_vqgan
             from dalle_core.train.vqgan import encode_images
 
-            if resume and (out / "tokens.npz").exists():
-                continue
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
-            train = _load_data(out, "train")
-            codes = encode_images(vq_cfg, vq_params, train.images)
-            np.savez_compressed(out / "tokens.npz", codes=codes)
-            log.info("tokens: %d images, %d distinct codes used", len(codes), len(np.unique(codes)))
+            if not (resume and (out / "tokens.npz").exists()):
+                train = _load_data(out, "train")
+                codes = encode_images(vq_cfg, vq_params, train.images)
+                np.savez_compressed(out / "tokens.npz", codes=codes)
+                log.info("tokens: %d images, %d distinct codes used", len(codes), len(np.unique(codes)))
+            if cfg.bart_extra_images and not (resume and _extra_count(out) == cfg.bart_extra_images):
+                _extra_scenes(out, cfg, functools.partial(encode_images, vq_cfg, vq_params))
         elif stage == "decoder":
             from dalle_core.checkpoints.vqgan import load_vqgan, save_vqgan
             from dalle_core.train.vqgan import reconstruction_report, train_vqgan
@@ -216,6 +222,53 @@ def _all_captions(out: Path, cfg: EmbeddedConfig) -> list[list[str]]:
     caps = [[c, *(e[i] for e in extra)] for i, c in enumerate(train.captions)]
     path.write_text(json.dumps(caps))
     return caps
+
+
+EXTRA_PART = 16000  # extra scenes are rendered, captioned and encoded this many at a time
+
+
+def _extra_scenes(out: Path, cfg: EmbeddedConfig, encode) -> None:
+    """``bart_extra.npz``: codes and ``captions_per_image`` wordings of ``cfg.bart_extra_images``
+    fresh training-split scenes, rendered in parts of ``EXTRA_PART`` with their own seeds (part i:
+    ``seed + 1000 + i``; wordings ``1000 * seed + 77 + first index of the part + k``), apart from the
+    seeds of the ``train_images`` scenes and their wordings."""
+    codes, caps = [], []
+    t0 = time.time()
+    for i, start in enumerate(range(0, cfg.bart_extra_images, EXTRA_PART)):
+        n = min(EXTRA_PART, cfg.bart_extra_images - start)
+        data = shapes.make_dataset(n, seed=cfg.seed + 1000 + i, split="train", jitter=cfg.jitter)
+        more = [shapes.recaption(data.scenes, seed=1000 * cfg.seed + 77 + start + k) for k in range(1, cfg.captions_per_image)]
+        caps += [[c, *(m[j] for m in more)] for j, c in enumerate(data.captions)]
+        codes.append(encode(data.images))
+        log.info("tokens: extra scenes %d/%d (%.0fs)", start + n, cfg.bart_extra_images, time.time() - t0)
+    tmp = out / "bart_extra.tmp.npz"  # written whole, then renamed: a stopped run leaves no half file
+    np.savez_compressed(tmp, codes=np.concatenate(codes), captions=np.array(json.dumps(caps)))
+    tmp.replace(out / "bart_extra.npz")
+
+
+def _extra_count(out: Path) -> int | None:
+    """How many scenes ``bart_extra.npz`` holds (None: no file yet)."""
+    path = out / "bart_extra.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return len(z["codes"])
+
+
+def bart_pairs(out: Path, cfg: EmbeddedConfig) -> tuple[np.ndarray, list[list[str]]]:
+    """DalleBart's training pairs: the training scenes' codes and wordings, then the extra scenes'."""
+    codes, caps = np.load(out / "tokens.npz")["codes"], _all_captions(out, cfg)
+    if cfg.bart_extra_images:
+        path = out / "bart_extra.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: bart_extra_images is {cfg.bart_extra_images}; run its stage first (tokens)")
+        with np.load(path) as z:
+            extra_codes, extra_caps = z["codes"], json.loads(str(z["captions"]))
+        if len(extra_codes) != cfg.bart_extra_images:
+            raise ValueError(f"{path} holds {len(extra_codes)} scenes, the config asks for {cfg.bart_extra_images}: "
+                             "run the tokens stage again")
+        codes, caps = np.concatenate([codes, extra_codes]), caps + extra_caps
+    return codes, caps
 
 
 def _stage_tokenizer(out: Path, cfg: EmbeddedConfig, variant, resume: bool) -> None:

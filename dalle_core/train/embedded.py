@@ -40,7 +40,7 @@ STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "cl
 
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 95 minutes.
+    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 2 h 10 min.
 
     variant: the ``VARIANTS`` entry whose sizes the three models use.
     train_images / heldout_images: rendered scenes of each split (seeded, deterministic).

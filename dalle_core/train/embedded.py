@@ -40,7 +40,7 @@ STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "cl
 
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 2 h 10 min.
+    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 2 h 20 min.
 
     variant: the ``VARIANTS`` entry whose sizes the three models use.
     train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
@@ -48,7 +48,8 @@ class EmbeddedConfig:
     jitter: whole pixels by which rendered objects may leave the 8-pixel anchor grid.
     bart_extra_images: more training scenes (fresh renders of training combinations), rendered and
         tokenized by the tokens stage for DalleBart alone; the VQGAN and CLIP stages keep
-        ``train_images``. DalleBart memorises 16000 images; 80000 more lift held-out pairs (model card).
+        ``train_images``. DalleBart memorises 16000 images; 80000 more lift held-out pairs, 160000 more
+        also held-out sized objects (model card).
     """
 
     variant: str = "tiny"
@@ -57,7 +58,7 @@ class EmbeddedConfig:
     heldout_images: int = 400
     captions_per_image: int = 4
     jitter: int = 3  # pixels objects may move off the 8-pixel anchor grid (shapes.jittered)
-    bart_extra_images: int = 80000  # DalleBart-only training scenes (tokens stage: bart_extra.npz)
+    bart_extra_images: int = 160000  # DalleBart-only training scenes (tokens stage: bart_extra.npz)
     vqgan: VQGANTrainConfig = VQGANTrainConfig(
         steps=4500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, edge_weight=8.0, recolour=0.5,
         restart_every=25, ckpt_every=50,

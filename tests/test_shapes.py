@@ -310,6 +310,10 @@ def test_bpe_tokenizers_round_trip(tmp_path, train_data):
     eos = clip.token_to_id("<|endoftext|>")
     assert eos == clip.get_vocab_size() - 1  # EOS is the highest id: CLIP pools there
     assert ids[0, int(mask[0].sum()) - 1] == eos and ids.max() == eos
+    # a second training writes the same files (the trainer's own alphabet order changes per call)
+    save_clip_tokenizer(train_clip_tokenizer(train_data.captions, 1024), tmp_path / "clip2", 32)
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        assert (tmp_path / "clip2" / name).read_bytes() == (tmp_path / "clip" / name).read_bytes(), name
 
 
 def test_recolour_replaces_palette_colours_consistently():

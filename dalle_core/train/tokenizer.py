@@ -109,6 +109,15 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
+    # the trainer numbers the alphabet in hash order, different in every process: renumber it
+    # (sorted, word-final bytes after the rest) so a run reproduces its vocab.json exactly
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merged = {a + b for a, b in merges}
+    ordered = sorted(model["vocab"], key=model["vocab"].get)
+    alphabet = sorted((t for t in ordered if t not in merged), key=lambda t: (t.endswith("</w>"), t))
+    vocab = {t: i for i, t in enumerate(alphabet + [t for t in ordered if t in merged])}
+    tok.model = models.BPE(vocab=vocab, merges=merges, unk_token=CLIP_EOS, end_of_word_suffix="</w>")
     tok.add_special_tokens([CLIP_BOS, CLIP_EOS])
     bos, eos = tok.token_to_id(CLIP_BOS), tok.token_to_id(CLIP_EOS)
     tok.post_processor = processors.TemplateProcessing(

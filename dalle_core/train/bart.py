@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +42,9 @@ class BartTrainConfig:
     caption_dropout: share of captions replaced by the unconditional (empty) prompt.
     freeze_layers: keep embeddings + the lower N encoder and decoder layers fixed (0: train all).
     label_smoothing: 0 in dalle-mini.
+    restarts: steps where the learning rate warms up again and the optimiser starts afresh (warm
+      restarts): with ``steps=18000, restarts=(10000,)`` the first 10000 steps are exactly a
+      10000-step run and the last 8000 continue its weights with a new warm-up and cosine.
     """
 
     steps: int = 1500
@@ -56,6 +59,13 @@ class BartTrainConfig:
     ckpt_every: int = 200
     log_every: int = 25
     seed: int = 0
+    restarts: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        r = tuple(int(s) for s in self.restarts)
+        if list(r) != sorted(set(r)) or any(not 0 < s < self.steps for s in r):
+            raise ValueError(f"restarts must be increasing steps between 0 and steps={self.steps}, got {list(r)}")
+        object.__setattr__(self, "restarts", r)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> BartTrainConfig:
@@ -64,6 +74,12 @@ class BartTrainConfig:
         if unknown:
             raise ValueError(f"unknown DalleBart training key(s) {', '.join(unknown)}")
         return cls(**d)
+
+    def cycles(self) -> list[tuple[int, BartTrainConfig]]:
+        """(first step, the config of a plain run as long as the cycle) per learning-rate cycle."""
+        starts = (0, *self.restarts)
+        ends = (*self.restarts, self.steps)
+        return [(a, replace(self, steps=b - a, restarts=())) for a, b in zip(starts, ends, strict=True)]
 
 
 def bart_loss(model: DalleBart, params, input_ids, attention_mask, image_tokens, label_smoothing: float = 0.0):
@@ -212,8 +228,9 @@ def train_bart(
     run_dir = Path(run_dir)
     # copy: the train step donates its params, and the caller's arrays must survive
     params = jax.tree_util.tree_map(jnp.array, init) if init is not None else init_params(cfg, jax.random.PRNGKey(tcfg.seed))
-    opt, step_fn = _compiled(cfg, tcfg, jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
-    state = {"params": params, "opt_state": opt.init(params), "step": 0}
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    cycles = [(first, *_compiled(cfg, plain, shapes)) for first, plain in tcfg.cycles()]
+    state = {"params": params, "opt_state": cycles[0][1].init(params), "step": 0}
     if resume:
         loaded = load_state(run_dir, state)
         if loaded is not None:
@@ -225,6 +242,10 @@ def train_bart(
     progress = Progress("bart", tcfg.steps, run_dir, tcfg.log_every, start)
     n, k = text_ids.shape[:2]
     for step in range(start, tcfg.steps):
+        first, opt, step_fn = next(c for c in reversed(cycles) if c[0] <= step)
+        if step == first and step > 0:
+            opt_state = opt.init(params)  # a warm restart: fresh moments, the schedule from warm-up again
+            log.info("bart: warm restart at step %d", step)
         # batches depend only on (seed, step): a resumed run continues exactly as an uninterrupted one
         rng = np.random.default_rng([tcfg.seed, step])
         idx = rng.integers(n, size=tcfg.batch_size)

@@ -40,7 +40,7 @@ STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "cl
 
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 2 h 20 min.
+    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 3 h 30 min.
 
     variant: the ``VARIANTS`` entry whose sizes the three models use.
     train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
@@ -67,7 +67,7 @@ class EmbeddedConfig:
     vqgan_decoder: VQGANTrainConfig = VQGANTrainConfig(
         steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, edge_weight=8.0, recolour=0.5, ckpt_every=100
     )
-    bart: dict = field(default_factory=lambda: {"steps": 10000, "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
+    bart: dict = field(default_factory=lambda: {"steps": 20000, "restarts": [10000], "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
     clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
         "steps": 3000, "batch_size": 32, "lr": 1e-3, "hard_negatives": 0, "image_negatives": 3, "broken_negatives": True,
         "reconstructions": True})

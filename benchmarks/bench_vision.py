@@ -39,7 +39,7 @@ from dalle_core.checkpoints import flatten, unflatten  # noqa: E402
 from dalle_core.config import CLIPConfig, VQGANConfig, get_variant  # noqa: E402
 from dalle_core.models.clip import clip_param_shapes  # noqa: E402
 from dalle_core.models.vqgan import VQModel, vqgan_param_shapes  # noqa: E402
-from dalle_core.rank import clip_scores  # noqa: E402
+from dalle_core.rank import VIEW_SHIFT, clip_scores, view_offsets  # noqa: E402
 
 
 def random_params(shapes, seed: int = 0):
@@ -93,7 +93,8 @@ def vqgan_cases(name: str, cfg: VQGANConfig, repeats: int) -> list[dict]:
     return rows
 
 
-def clip_case(name: str, cfg: CLIPConfig, repeats: int, n_images: int = 8, side: int = 256) -> dict:
+def clip_case(name: str, cfg: CLIPConfig, repeats: int, n_images: int = 8, side: int = 256, views: bool = False) -> dict:
+    """CLIP scoring of ``n_images`` against one prompt; ``views``: the Ranker's default five views."""
     params = random_params(clip_param_shapes(cfg))
     rng = np.random.default_rng(0)
     length = cfg.text.max_position_embeddings
@@ -103,10 +104,12 @@ def clip_case(name: str, cfg: CLIPConfig, repeats: int, n_images: int = 8, side:
     images = rng.integers(0, 256, (n_images, side, side, 3), dtype=np.uint8)
     index = np.zeros(n_images, np.int32)
 
-    def score(p, i, m, x, t):
-        return clip_scores(p, cfg, i, m, x, t)
+    offsets = view_offsets(cfg, VIEW_SHIFT) if views else ((0, 0),)
 
-    return bench(f"CLIP {name} rank {n_images}×{side}² vs 1 prompt", score,
+    def score(p, i, m, x, t):
+        return clip_scores(p, cfg, i, m, x, t, offsets=offsets)
+
+    return bench(f"CLIP {name} rank {n_images}×{side}² vs 1 prompt, {len(offsets)} view(s)", score,
                  (params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(images), jnp.asarray(index)),
                  repeats, n_images)
 
@@ -122,10 +125,12 @@ def main() -> int:
     tiny = get_variant("tiny")
     vqgan_cases("tiny f8", tiny.vqgan, repeats)
     clip_case("tiny", tiny.clip, repeats)
+    clip_case("tiny", tiny.clip, repeats, views=True)
     if not ARGS.quick:
         # the f16 model is ~200 GFLOP per 256² image; one timed call is plenty on a CPU
         vqgan_cases("f16-16384", VQGANConfig(), repeats if ARGS.gpu else 1)
         clip_case("ViT-B/32", CLIPConfig(), repeats)
+        clip_case("ViT-B/32", CLIPConfig(), repeats, views=True)
     return 0
 
 

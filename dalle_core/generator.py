@@ -511,6 +511,17 @@ class Generator:
     def has_clip(self) -> bool:
         return self._clip is not None
 
+    @property
+    def clip_views(self) -> int | None:
+        """How many views of each image CLIP scores (``set_clip_view_shift``); None without CLIP."""
+        return None if self._clip is None else len(self._clip.offsets)
+
+    def set_clip_view_shift(self, view_shift: float) -> None:
+        """Score with other CLIP views (``dalle_core.rank.view_offsets``; 0 = the plain image alone,
+        the default shifts by 3/8 of a patch); nothing to do without CLIP."""
+        if self._clip is not None:
+            self._clip = self._clip.with_view_shift(view_shift)
+
     def generate(
         self,
         prompts: Sequence[str],

@@ -31,6 +31,12 @@ def _has_embedded() -> bool:
 
 def load_generator(settings: ModelSettings):
     """Build a Generator from settings (no caching; see ``get_generator``)."""
+    gen = _build_generator(settings)
+    gen.set_clip_view_shift(settings.clip_view_shift)
+    return gen
+
+
+def _build_generator(settings: ModelSettings):
     from dalle_core import Generator
 
     if settings.dalle or settings.vqgan:

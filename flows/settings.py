@@ -32,6 +32,7 @@ class ModelSettings(_Section):
     vqgan: str | None = None
     clip: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    clip_view_shift: float = Field(0.375, ge=0.0, le=0.9)
 
 
 class SamplingConfig(_Section):

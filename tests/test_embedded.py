@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dalle_core.rank import VIEW_SHIFT
 from dalle_core.train import shapes as S
 from dalle_core.types import SamplingSettings
 
@@ -89,13 +90,30 @@ def test_evaluation_scores_the_held_out_prompts(generator):
         assert row[m]["any"] >= max(row[m]["first"], row[m]["clip"])
 
     # repeats: the figures average over disjoint groups of n samples; counts stay per prompt
-    twice = evaluate("embedded", n=1, condition_scales=(1.0,), top_k=4, limit=2, batch_prompts=8,
-                     generator=generator, repeats=2)
+    assert report["clip_views"] == 5  # the Ranker's default
+    try:
+        twice = evaluate("embedded", n=1, condition_scales=(1.0,), top_k=4, limit=2, batch_prompts=8,
+                         generator=generator, repeats=2, view_shift=0)
+    finally:
+        generator.set_clip_view_shift(VIEW_SHIFT)
+    assert twice["clip_views"] == 1 and generator.clip_views == 5
     row = twice["scales"]["1.0"]
     assert row["relation"]["count"] == 2 and twice["repeats"] == 2
     for m in ("colour_shape", "position", "relation"):  # one sample per group: all four figures agree
         assert row[m]["first"] == row[m]["clip"] == row[m]["mean"] == row[m]["any"]
     assert "average of 2 groups" in format_report(twice)
+
+
+def test_the_settings_choose_how_many_views_clip_scores():
+    from pydantic import ValidationError
+
+    from flows.model import load_generator
+    from flows.settings import ModelSettings
+
+    assert load_generator(ModelSettings()).clip_views == 5
+    assert load_generator(ModelSettings(clip_view_shift=0)).clip_views == 1
+    with pytest.raises(ValidationError):
+        ModelSettings(clip_view_shift=-1)
 
 
 def test_the_quick_start_post_with_the_default_settings_gets_a_red_circle(generator):

@@ -29,6 +29,7 @@ from dalle_core.rank import (
     clip_scores,
     clip_text_embeddings,
     load_clip_tokenizer,
+    view_offsets,
 )
 
 MERGES = [("r", "e"), ("re", "d</w>"), ("b", "l"), ("bl", "u"), ("blu", "e</w>")]
@@ -200,3 +201,36 @@ def test_bad_inputs_are_clear_errors(ranker):
         ranker.scores(np.zeros((2, 8, 8, 3), np.float32), "red")
     with pytest.raises(ValueError, match="text_index"):
         ranker.scores(np.stack([solid(RED)] * 2), ["red", "blue"], text_index=[0, 2])
+
+
+def test_view_offsets():
+    assert view_offsets(CFG, 0) == ((0, 0),) and view_offsets(CFG, 0.1) == ((0, 0),)  # rounds to no pixel
+    assert view_offsets(CFG, 0.375) == ((0, 0), (0, -2), (0, 2), (-2, 0), (2, 0))  # 1.5 of 4 px rounds to 2
+    assert view_offsets(CFG, 1.0) == ((0, 0), (0, -4), (0, 4), (-4, 0), (4, 0))
+    with pytest.raises(ValueError, match=">= 0"):
+        view_offsets(CFG, -0.5)
+    with pytest.raises(ValueError, match="image size"):
+        view_offsets(CFG, 2.0)  # 8 px of an 8 px input
+
+
+def test_views_average_the_scores_of_moved_images(checkpoint, ranker):
+    """The default Ranker scores five views; each is the image moved with its edges repeated."""
+    plain = Ranker.from_pretrained(checkpoint, view_shift=0)
+    assert plain.offsets == ((0, 0),) and len(ranker.offsets) == 5
+    assert ranker.with_view_shift(0).offsets == plain.offsets
+
+    def moved(x, dy, dx):  # content moves down dy and right dx pixels
+        p = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+        return p[:, 2 - dy : 10 - dy, 2 - dx : 10 - dx]
+
+    marker = np.zeros((1, 8, 8, 3), np.uint8)
+    marker[0, 3, 3] = 255
+    assert moved(marker, 2, -2)[0, 5, 1].tolist() == [255, 255, 255]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)  # CLIP's input size: no resize
+    got = ranker.scores(images, "red")
+    want = np.mean([plain.scores(moved(images, dy, dx), "red") for dy, dx in ranker.offsets], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert np.abs(got - plain.scores(images, "red")).max() > 1e-2  # the views do change the score
+    # a solid image is the same in every view
+    np.testing.assert_allclose(ranker.scores(solid(RED, 8)[None], "red"), plain.scores(solid(RED, 8)[None], "red"), rtol=1e-5)

@@ -55,6 +55,7 @@ def evaluate(
     generator=None,
     details: bool = False,
     repeats: int = 1,
+    view_shift: float | None = None,
 ) -> dict:
     """Generate for the ``split`` prompts and score; returns a JSON-able report (also written to ``out``).
 
@@ -62,7 +63,8 @@ def evaluate(
     ``limit`` keeps the first prompts of each kind (quick checks). ``generator``: an already
     loaded ``Generator`` (else loaded from ``model_dir``). ``details``: also keep, per scale and
     prompt, each sample's result and what the checker saw (``report["details"][scale]``; the
-    first group of ``n`` when ``repeats`` > 1).
+    first group of ``n`` when ``repeats`` > 1). ``view_shift``: CLIP's scoring views
+    (``dalle_core.rank.view_offsets``; None keeps the Ranker's default, 0 scores the plain image).
     """
     from dalle_core.generator import Generator
     from dalle_core.train import shapes
@@ -71,6 +73,8 @@ def evaluate(
     if n < 1 or repeats < 1:
         raise ValueError(f"n and repeats must be >= 1, got {n} and {repeats}")
     gen = generator or Generator.from_folder(model_dir)
+    if view_shift is not None:
+        gen.set_clip_view_shift(view_shift)
     prompts = shapes.eval_prompts(split)
     if limit:
         by_kind: dict[str, list] = {}
@@ -78,7 +82,8 @@ def evaluate(
             by_kind.setdefault(_prompt_metrics(p)[-1], []).append(p)
         prompts = [p for group in by_kind.values() for p in group[:limit]]
     report: dict = {"model": str(model_dir), "split": split, "n": n, "repeats": repeats, "seed": seed, "top_k": top_k,
-                    "prompts": len(prompts), "clip": bool(gen.has_clip), "scales": {}}
+                    "prompts": len(prompts), "clip": bool(gen.has_clip),
+                    "clip_views": gen.clip_views, "scales": {}}
     for scale in condition_scales:
         settings = SamplingSettings(condition_scale=float(scale), top_k=top_k, top_p=None, temperature=1.0)
         t0 = time.time()
@@ -144,8 +149,10 @@ def _score_group(prompt, images, scores, hits: dict) -> dict:
 def format_report(report: dict) -> str:
     """A plain-text table of a report: one line per scale × metric."""
     repeats = report.get("repeats", 1)
+    views = report.get("clip_views")
     lines = [f"model {report['model']}  split {report['split']}  prompts {report['prompts']}  n {report['n']}"
-             + (f"  (average of {repeats} groups of n)" if repeats > 1 else ""),
+             + (f"  (average of {repeats} groups of n)" if repeats > 1 else "")
+             + (f"  CLIP views {views}" if views else ""),
              f"{'scale':>6} {'metric':<13} {'first':>7} {'clip':>7} {'mean':>7} {'any':>7} {'count':>6}"]
     for scale, row in report["scales"].items():
         for m in METRICS:
@@ -180,11 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--details", action="store_true", help="list the prompts that fail and what the checker saw")
     p.add_argument("--repeats", type=int, default=1, help="average over this many disjoint groups of n samples")
+    p.add_argument("--view-shift", type=float, default=None,
+                   help="CLIP scoring views' shift in CLIP patches (default: the Ranker's, 0.375; 0: plain image only)")
     a = p.parse_args(argv)
     setup_logging()
     scales = [float(s) for s in a.scales.split(",") if s.strip()]
     report = evaluate(a.model_dir, n=a.n, condition_scales=scales, seed=a.seed, top_k=a.top_k or None,
-                      split=a.split, out=a.out, limit=a.limit, details=a.details, repeats=a.repeats)
+                      split=a.split, out=a.out, limit=a.limit, details=a.details, repeats=a.repeats,
+                      view_shift=a.view_shift)
     print(format_report(report))  # noqa: T201 - CLI output
     return 0
 

@@ -146,11 +146,15 @@ def clip_text_embeddings(
     return _normalize(feats)
 
 
-def clip_image_embeddings(params, cfg: CLIPConfig, images_uint8: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """uint8 images [N, H, W, 3] → L2-normalised image embeddings float32 [N, projection_dim]."""
-    pixels = clip_preprocess(images_uint8, cfg)
+def _pixel_embeddings(params, cfg: CLIPConfig, pixels: jax.Array, dtype) -> jax.Array:
+    """Preprocessed pixels [N, S, S, 3] → L2-normalised image embeddings [N, projection_dim]."""
     feats = CLIPModel(cfg, dtype).apply({"params": params}, pixels, method="get_image_features")
     return _normalize(feats)
+
+
+def clip_image_embeddings(params, cfg: CLIPConfig, images_uint8: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 images [N, H, W, 3] → L2-normalised image embeddings float32 [N, projection_dim]."""
+    return _pixel_embeddings(params, cfg, clip_preprocess(images_uint8, cfg), dtype)
 
 
 def view_offsets(cfg: CLIPConfig, shift: float) -> tuple[tuple[int, int], ...]:
@@ -196,8 +200,7 @@ def clip_scores(
     text = clip_text_embeddings(params, cfg, input_ids, attention_mask, dtype)[text_index]
     pixels = clip_preprocess(images_uint8, cfg)
     views = jnp.concatenate([_shifted(pixels, dy, dx) for dy, dx in offsets])
-    feats = CLIPModel(cfg, dtype).apply({"params": params}, views, method="get_image_features")
-    image = _normalize(feats).reshape((len(offsets), pixels.shape[0], -1))
+    image = _pixel_embeddings(params, cfg, views, dtype).reshape((len(offsets), pixels.shape[0], -1))
     cos = jnp.mean(jnp.sum(image * text[None], axis=-1), axis=0)
     return cos * jnp.exp(jnp.asarray(params["logit_scale"], jnp.float32))
 

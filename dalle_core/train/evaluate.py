@@ -64,7 +64,8 @@ def evaluate(
     loaded ``Generator`` (else loaded from ``model_dir``). ``details``: also keep, per scale and
     prompt, each sample's result and what the checker saw (``report["details"][scale]``; the
     first group of ``n`` when ``repeats`` > 1). ``view_shift``: CLIP's scoring views
-    (``dalle_core.rank.view_offsets``; None keeps the Ranker's default, 0 scores the plain image).
+    (``dalle_core.rank.view_offsets``; None keeps the generator's, 0 scores the plain image); it is
+    set on ``generator`` and stays set there.
     """
     from dalle_core.generator import Generator
     from dalle_core.train import shapes

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("model_dir", nargs="?", default=str(ROOT / "dalle_core" / "embedded"))
     p.add_argument("--n", type=int, default=32, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--scale", type=float, default=1.0, help="condition scale")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT=SCENE", help="add a prompt (repeatable)")
     p.add_argument("--out", help="write the JSON report here")

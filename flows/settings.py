@@ -39,7 +39,7 @@ class SamplingConfig(_Section):
     candidates: int = Field(4, ge=1, le=64)
     seed: int = Field(0, ge=0)
     condition_scale: float = Field(1.0, ge=0.0, le=100.0)
-    top_k: int | None = Field(4, ge=0)
+    top_k: int | None = Field(2, ge=0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, le=10.0)
 

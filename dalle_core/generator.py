@@ -522,6 +522,18 @@ class Generator:
         if self._clip is not None:
             self._clip = self._clip.with_view_shift(view_shift)
 
+    @property
+    def clip_drop_words(self) -> tuple[str, ...] | None:
+        """Words whose prompts CLIP also scores without them (``set_clip_drop_words``); None without CLIP."""
+        return None if self._clip is None else self._clip.drop_words
+
+    def set_clip_drop_words(self, drop_words: Sequence[str]) -> None:
+        """Score prompts that hold any of ``drop_words`` also without them, averaged
+        (``dalle_core.rank.prompt_views``; () = the prompt alone, the default drops size words);
+        nothing to do without CLIP."""
+        if self._clip is not None:
+            self._clip = self._clip.with_drop_words(drop_words)
+
     def generate(
         self,
         prompts: Sequence[str],

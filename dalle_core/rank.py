@@ -6,7 +6,10 @@ compiled functions for the generator. By default the Ranker scores each image in
 is, and moved 3/8 of a CLIP patch left, right, up and down) and averages the cosines: a single view
 puts a small object's edges at one offset inside the patch grid, and the averaged score separates
 near misses (a rounded square for "a circle") from right images better (embedded model card,
-"Ranking"). The tokenizer comes from the checkpoint folder: a ``tokenizer.json`` (read with
+"Ranking"). A prompt holding a size word ("a small purple square") is also scored without it ("a
+purple square", ``prompt_views``) and the two cosines are averaged: the embedded CLIP never saw
+the held-out size x colour x shape triples, and its two readings err on different samples
+(embedded model card, "Ranking against the prompt without its size word"). The tokenizer comes from the checkpoint folder: a ``tokenizer.json`` (read with
 ``tokenizers``) or CLIP's ``vocab.json`` + ``merges.txt`` (built by transformers'
 ``CLIPTokenizer``), padded and truncated to ``max_position_embeddings``.
 """
@@ -36,6 +39,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Ranker's default view shift, as a fraction of CLIP's patch size (3 of 8 pixels for the embedded CLIP).
 VIEW_SHIFT = 0.375
+# Ranker's default drop words: a prompt holding any of them is also scored without them.
+DROP_WORDS: tuple[str, ...] = ("small", "little", "tiny", "large", "big")
+_PUNCT = ",.;:!?"
 
 
 # ------------------------------------------------------------------------------------ tokenizer
@@ -170,6 +176,29 @@ def view_offsets(cfg: CLIPConfig, shift: float) -> tuple[tuple[int, int], ...]:
     return ((0, 0), (0, -s), (0, s), (-s, 0), (s, 0))
 
 
+def prompt_views(text: str, drop_words: Sequence[str] = DROP_WORDS) -> tuple[str, ...]:
+    """The texts a prompt is scored against: the prompt, and, when it holds any of ``drop_words``
+    (whole words, any case, trailing punctuation ignored), the prompt without them, its article
+    fixed ("a large orange triangle" → "an orange triangle")."""
+    drop = {w.lower() for w in drop_words}
+    words = text.split()
+    kept: list[str] = []
+    articles: list[int] = []  # kept "a"/"an" whose next word was dropped
+    for word in words:
+        if word.lower().rstrip(_PUNCT) in drop:
+            if kept and kept[-1].lower() in ("a", "an"):
+                articles.append(len(kept) - 1)
+            continue
+        kept.append(word)
+    if len(kept) == len(words) or not kept:
+        return (text,)
+    for i in articles:
+        if i + 1 < len(kept):
+            article = "an" if kept[i + 1][0].lower() in "aeiou" else "a"
+            kept[i] = article.capitalize() if kept[i][0].isupper() else article
+    return (text, " ".join(kept))
+
+
 def _shifted(pixels: jax.Array, dy: int, dx: int) -> jax.Array:
     """[N, S, S, C] moved by (dy, dx) pixels, the edge rows/columns repeated into the gap."""
     if dy == dx == 0:
@@ -189,15 +218,21 @@ def clip_scores(
     text_index: jax.Array,
     dtype=jnp.float32,
     offsets: Sequence[tuple[int, int]] = ((0, 0),),
+    text_weights: jax.Array | None = None,
 ) -> jax.Array:
     """CLIP score of image i against text ``text_index[i]``: cosine similarity × exp(logit_scale).
 
     ids/mask int [T, L]; images uint8 [N, H, W, 3]; text_index int [N] in [0, T) → float32 [N].
     Each text is encoded once however many images refer to it. ``offsets`` (static; see
     ``view_offsets``): the image is encoded once per (dy, dx) shift of its CLIP input and the
-    cosines are averaged; the default is the plain single view.
+    cosines are averaged; the default is the plain single view. ``text_weights`` float [T', T]:
+    image i is scored against row ``text_index[i]`` of ``text_weights`` @ the T text embeddings
+    (rows averaging several texts average their cosines; ``prompt_views``); None = identity.
     """
-    text = clip_text_embeddings(params, cfg, input_ids, attention_mask, dtype)[text_index]
+    text = clip_text_embeddings(params, cfg, input_ids, attention_mask, dtype)
+    if text_weights is not None:
+        text = jnp.asarray(text_weights, text.dtype) @ text
+    text = text[text_index]
     pixels = clip_preprocess(images_uint8, cfg)
     views = jnp.concatenate([_shifted(pixels, dy, dx) for dy, dx in offsets])
     image = _pixel_embeddings(params, cfg, views, dtype).reshape((len(offsets), pixels.shape[0], -1))
@@ -215,9 +250,18 @@ class Ranker:
     >>> order, scores = ranker.rank(images_uint8, "a lighthouse at dusk")  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: CLIPConfig, params, tokenizer: ClipTokenizer, dtype=jnp.float32, view_shift: float = VIEW_SHIFT):
+    def __init__(
+        self,
+        cfg: CLIPConfig,
+        params,
+        tokenizer: ClipTokenizer,
+        dtype=jnp.float32,
+        view_shift: float = VIEW_SHIFT,
+        drop_words: Sequence[str] = DROP_WORDS,
+    ):
         """``view_shift``: the scoring views' shift as a fraction of a CLIP patch (``view_offsets``);
-        0 scores the plain image alone."""
+        0 scores the plain image alone. ``drop_words``: a prompt holding any of them is also
+        scored without them and the cosines averaged (``prompt_views``); () scores the prompt alone."""
         if tokenizer.max_length > cfg.text.max_position_embeddings:
             raise ValueError(
                 f"tokenizer pads to {tokenizer.max_length} tokens but CLIP has only "
@@ -225,21 +269,33 @@ class Ranker:
             )
         self.cfg, self.params, self.tokenizer, self.dtype = cfg, params, tokenizer, dtype
         self.offsets = view_offsets(cfg, view_shift)
+        self.view_shift, self.drop_words = view_shift, tuple(drop_words)
         self._scores = jax.jit(partial(clip_scores, cfg=cfg, dtype=dtype, offsets=self.offsets))
         self._text = jax.jit(partial(clip_text_embeddings, cfg=cfg, dtype=dtype))
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, dtype=jnp.float32, view_shift: float = VIEW_SHIFT) -> Ranker:
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        dtype=jnp.float32,
+        view_shift: float = VIEW_SHIFT,
+        drop_words: Sequence[str] = DROP_WORDS,
+    ) -> Ranker:
         """Load CLIP weights, config and tokenizer from one folder or hub id."""
         from dalle_core.checkpoints.clip import load_clip
 
         folder = resolve_source(source)
         cfg, params = load_clip(folder)
-        return cls(cfg, params, load_clip_tokenizer(folder, cfg.text.max_position_embeddings), dtype, view_shift)
+        tokenizer = load_clip_tokenizer(folder, cfg.text.max_position_embeddings)
+        return cls(cfg, params, tokenizer, dtype, view_shift, drop_words)
 
     def with_view_shift(self, view_shift: float) -> Ranker:
         """The same CLIP scoring with other views (``view_offsets``; 0 = the plain image alone)."""
-        return type(self)(self.cfg, self.params, self.tokenizer, self.dtype, view_shift)
+        return type(self)(self.cfg, self.params, self.tokenizer, self.dtype, view_shift, self.drop_words)
+
+    def with_drop_words(self, drop_words: Sequence[str]) -> Ranker:
+        """The same CLIP scoring with other drop words (``prompt_views``; () = the prompt alone)."""
+        return type(self)(self.cfg, self.params, self.tokenizer, self.dtype, self.view_shift, drop_words)
 
     def text_embeddings(self, texts: str | Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings float32 [T, projection_dim]."""
@@ -255,22 +311,33 @@ class Ranker:
         """float32 [N] scores of images uint8 [N, H, W, 3] against ``texts[text_index[i]]``.
 
         One text scores every image; otherwise pass ``text_index`` (defaults to image i ↔ text i).
+        A text holding drop words is scored as the mean of its ``prompt_views``.
         """
         images = np.asarray(images_uint8)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"images must be uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}"
             )
-        ids, mask = self.tokenizer(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts)
         if text_index is None:
-            text_index = np.zeros(len(images), np.int32) if len(ids) == 1 else np.arange(len(images))
+            text_index = np.zeros(len(images), np.int32) if len(texts) == 1 else np.arange(len(images))
         text_index = np.asarray(text_index, np.int32)
-        if text_index.shape != (len(images),) or text_index.min() < 0 or text_index.max() >= len(ids):
+        if text_index.shape != (len(images),) or text_index.min() < 0 or text_index.max() >= len(texts):
             raise ValueError(
-                f"text_index must hold one index in [0, {len(ids)}) per image ({len(images)} images)"
+                f"text_index must hold one index in [0, {len(texts)}) per image ({len(images)} images)"
             )
+        views = [prompt_views(t, self.drop_words) for t in texts]
+        weights = None
+        if any(len(v) > 1 for v in views):
+            weights = np.zeros((len(texts), sum(map(len, views))), np.float32)
+            start = 0
+            for row, v in enumerate(views):
+                weights[row, start : start + len(v)] = 1.0 / len(v)
+                start += len(v)
+        ids, mask = self.tokenizer([t for v in views for t in v])
         out = self._scores(
-            self.params, input_ids=ids, attention_mask=mask, images_uint8=images, text_index=text_index
+            self.params, input_ids=ids, attention_mask=mask, images_uint8=images, text_index=text_index,
+            text_weights=weights,
         )
         return np.asarray(out)
 

@@ -33,6 +33,7 @@ def load_generator(settings: ModelSettings):
     """Build a Generator from settings (no caching; see ``get_generator``)."""
     gen = _build_generator(settings)
     gen.set_clip_view_shift(settings.clip_view_shift)
+    gen.set_clip_drop_words(settings.clip_drop_words)
     return gen
 
 

@@ -33,6 +33,7 @@ class ModelSettings(_Section):
     clip: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     clip_view_shift: float = Field(0.375, ge=0.0, le=0.9)
+    clip_drop_words: tuple[str, ...] = ("small", "little", "tiny", "large", "big")
 
 
 class SamplingConfig(_Section):

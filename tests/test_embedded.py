@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dalle_core.rank import VIEW_SHIFT
+from dalle_core.rank import DROP_WORDS, VIEW_SHIFT
 from dalle_core.train import shapes as S
 from dalle_core.types import SamplingSettings
 
@@ -90,13 +90,15 @@ def test_evaluation_scores_the_held_out_prompts(generator):
         assert row[m]["any"] >= max(row[m]["first"], row[m]["clip"])
 
     # repeats: the figures average over disjoint groups of n samples; counts stay per prompt
-    assert report["clip_views"] == 5  # the Ranker's default
+    assert report["clip_views"] == 5 and report["clip_drop_words"] == DROP_WORDS  # the Ranker's defaults
     try:
         twice = evaluate("embedded", n=1, condition_scales=(1.0,), top_k=4, limit=2, batch_prompts=8,
-                         generator=generator, repeats=2, view_shift=0)
+                         generator=generator, repeats=2, view_shift=0, drop_words=())
     finally:
         generator.set_clip_view_shift(VIEW_SHIFT)
+        generator.set_clip_drop_words(DROP_WORDS)
     assert twice["clip_views"] == 1 and generator.clip_views == 5
+    assert twice["clip_drop_words"] == () and generator.clip_drop_words == DROP_WORDS
     row = twice["scales"]["1.0"]
     assert row["relation"]["count"] == 2 and twice["repeats"] == 2
     for m in ("colour_shape", "position", "relation"):  # one sample per group: all four figures agree
@@ -114,6 +116,9 @@ def test_the_settings_choose_how_many_views_clip_scores():
     assert load_generator(ModelSettings(clip_view_shift=0)).clip_views == 1
     with pytest.raises(ValidationError):
         ModelSettings(clip_view_shift=-1)
+    # the size words are scored both ways by default; [] scores the prompt alone
+    assert load_generator(ModelSettings()).clip_drop_words == DROP_WORDS
+    assert load_generator(ModelSettings(clip_drop_words=[])).clip_drop_words == ()
 
 
 def test_the_quick_start_post_with_the_default_settings_gets_a_red_circle(generator):

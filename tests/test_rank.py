@@ -29,6 +29,7 @@ from dalle_core.rank import (
     clip_scores,
     clip_text_embeddings,
     load_clip_tokenizer,
+    prompt_views,
     view_offsets,
 )
 
@@ -234,3 +235,32 @@ def test_views_average_the_scores_of_moved_images(checkpoint, ranker):
     assert np.abs(got - plain.scores(images, "red")).max() > 1e-2  # the views do change the score
     # a solid image is the same in every view
     np.testing.assert_allclose(ranker.scores(solid(RED, 8)[None], "red"), plain.scores(solid(RED, 8)[None], "red"), rtol=1e-5)
+
+
+def test_prompt_views_drop_size_words_and_fix_the_article():
+    assert prompt_views("a small purple square") == ("a small purple square", "a purple square")
+    assert prompt_views("a large orange triangle") == ("a large orange triangle", "an orange triangle")
+    assert prompt_views("An big, Orange circle on the left") == ("An big, Orange circle on the left", "An Orange circle on the left")
+    assert prompt_views("a tiny apple on a little table")[1] == "an apple on a table"
+    # nothing to drop, or nothing left: the prompt alone
+    assert prompt_views("a red circle") == ("a red circle",)
+    assert prompt_views("small") == ("small",)
+    assert prompt_views("smallest red circle") == ("smallest red circle",)  # whole words only
+    assert prompt_views("a small red circle", ()) == ("a small red circle",)
+    assert prompt_views("a red circle", ("red",)) == ("a red circle", "a circle")
+
+
+def test_drop_words_average_the_prompt_with_and_without_them(checkpoint):
+    """A prompt holding a drop word scores the mean of its two readings; others score as before."""
+    plain = Ranker.from_pretrained(checkpoint, view_shift=0, drop_words=())
+    ranker = plain.with_drop_words(("blue",))
+    assert ranker.drop_words == ("blue",) and ranker.with_view_shift(0.375).drop_words == ("blue",)
+    images = np.stack([solid(RED, 8), solid(BLUE, 8), solid(GREEN, 8)])
+    got = ranker.scores(images, ["red blue", "red"], text_index=[0, 1, 0])
+    both = plain.scores(images, "red blue")
+    without = plain.scores(images, "red")
+    np.testing.assert_allclose(got[[0, 2]], (both[[0, 2]] + without[[0, 2]]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(got[1], without[1], rtol=1e-5)
+    assert abs(got[0] - both[0]) > 0.1  # the second reading does change the score
+    # a batch without drop words is scored exactly as without the option
+    np.testing.assert_allclose(ranker.scores(images, "red"), without, rtol=1e-6)

@@ -56,6 +56,7 @@ def evaluate(
     details: bool = False,
     repeats: int = 1,
     view_shift: float | None = None,
+    drop_words: Sequence[str] | None = None,
 ) -> dict:
     """Generate for the ``split`` prompts and score; returns a JSON-able report (also written to ``out``).
 
@@ -65,7 +66,9 @@ def evaluate(
     prompt, each sample's result and what the checker saw (``report["details"][scale]``; the
     first group of ``n`` when ``repeats`` > 1). ``view_shift``: CLIP's scoring views
     (``dalle_core.rank.view_offsets``; None keeps the generator's, 0 scores the plain image); it is
-    set on ``generator`` and stays set there.
+    set on ``generator`` and stays set there. ``drop_words``: the words CLIP also scores a prompt
+    without (``dalle_core.rank.prompt_views``; None keeps the generator's, () the prompt alone); set
+    on ``generator`` like ``view_shift``.
     """
     from dalle_core.generator import Generator
     from dalle_core.train import shapes
@@ -76,6 +79,8 @@ def evaluate(
     gen = generator or Generator.from_folder(model_dir)
     if view_shift is not None:
         gen.set_clip_view_shift(view_shift)
+    if drop_words is not None:
+        gen.set_clip_drop_words(drop_words)
     prompts = shapes.eval_prompts(split)
     if limit:
         by_kind: dict[str, list] = {}
@@ -84,7 +89,7 @@ def evaluate(
         prompts = [p for group in by_kind.values() for p in group[:limit]]
     report: dict = {"model": str(model_dir), "split": split, "n": n, "repeats": repeats, "seed": seed, "top_k": top_k,
                     "prompts": len(prompts), "clip": bool(gen.has_clip),
-                    "clip_views": gen.clip_views, "scales": {}}
+                    "clip_views": gen.clip_views, "clip_drop_words": gen.clip_drop_words, "scales": {}}
     for scale in condition_scales:
         settings = SamplingSettings(condition_scale=float(scale), top_k=top_k, top_p=None, temperature=1.0)
         t0 = time.time()
@@ -153,7 +158,8 @@ def format_report(report: dict) -> str:
     views = report.get("clip_views")
     lines = [f"model {report['model']}  split {report['split']}  prompts {report['prompts']}  n {report['n']}"
              + (f"  (average of {repeats} groups of n)" if repeats > 1 else "")
-             + (f"  CLIP views {views}" if views else ""),
+             + (f"  CLIP views {views}" if views else "")
+             + (f"  drop words {','.join(report['clip_drop_words'])}" if report.get("clip_drop_words") else ""),
              f"{'scale':>6} {'metric':<13} {'first':>7} {'clip':>7} {'mean':>7} {'any':>7} {'count':>6}"]
     for scale, row in report["scales"].items():
         for m in METRICS:
@@ -174,6 +180,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _words(arg: str | None) -> tuple[str, ...] | None:
+    return None if arg is None else tuple(w.strip() for w in arg.split(",") if w.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from dalle_core.train.loop import setup_logging
 
@@ -190,12 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="average over this many disjoint groups of n samples")
     p.add_argument("--view-shift", type=float, default=None,
                    help="CLIP scoring views' shift in CLIP patches (default: the Ranker's, 0.375; 0: plain image only)")
+    p.add_argument("--drop-words", default=None,
+                   help="comma-separated words CLIP also scores a prompt without (default: the Ranker's, "
+                        "the size words; '' scores the prompt alone)")
     a = p.parse_args(argv)
     setup_logging()
     scales = [float(s) for s in a.scales.split(",") if s.strip()]
     report = evaluate(a.model_dir, n=a.n, condition_scales=scales, seed=a.seed, top_k=a.top_k or None,
                       split=a.split, out=a.out, limit=a.limit, details=a.details, repeats=a.repeats,
-                      view_shift=a.view_shift)
+                      view_shift=a.view_shift, drop_words=_words(a.drop_words))
     print(format_report(report))  # noqa: T201 - CLI output
     return 0
 

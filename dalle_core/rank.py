@@ -9,9 +9,10 @@ near misses (a rounded square for "a circle") from right images better (embedded
 "Ranking"). A prompt holding a size word ("a small purple square") is also scored without it ("a
 purple square", ``prompt_views``) and the two cosines are averaged: the embedded CLIP never saw
 the held-out size x colour x shape triples, and its two readings err on different samples
-(embedded model card, "Ranking against the prompt without its size word"). The tokenizer comes from the checkpoint folder: a ``tokenizer.json`` (read with
-``tokenizers``) or CLIP's ``vocab.json`` + ``merges.txt`` (built by transformers'
-``CLIPTokenizer``), padded and truncated to ``max_position_embeddings``.
+(embedded model card, "Ranking against the prompt without its size word"). The tokenizer comes
+from the checkpoint folder: a ``tokenizer.json`` (read with ``tokenizers``) or CLIP's
+``vocab.json`` + ``merges.txt`` (built by transformers' ``CLIPTokenizer``), padded and truncated
+to ``max_position_embeddings``.
 """
 
 from __future__ import annotations

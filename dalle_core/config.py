@@ -167,6 +167,53 @@ VARIANTS: dict[str, ModelVariant] = {
             projection_dim=128,
         ),
     ),
+    # The pictogram model: 64×64 pixels, an f8 VQGAN (8×8 = 64 tokens) with more codes and channels
+    # for emoji art, a deeper DalleBart for about 1,200 concepts; widths sized for CPU training.
+    "pictogram": ModelVariant(
+        name="pictogram",
+        bart=BartConfig(
+            d_model=128,
+            encoder_layers=2,
+            decoder_layers=4,
+            attention_heads=4,
+            glu_dim=256,
+            text_vocab_size=4096,
+            image_vocab_size=1024,
+            max_text_length=32,
+            image_length=64,
+        ),
+        vqgan=VQGANConfig(
+            ch=32,
+            ch_mult=(1, 2, 2, 4),
+            num_res_blocks=0,
+            attn_resolutions=(),
+            resolution=64,
+            z_channels=64,
+            embed_dim=64,
+            n_embed=1024,
+            num_groups=8,
+        ),
+        clip=CLIPConfig(
+            text=CLIPTextConfig(
+                vocab_size=4096,
+                hidden_size=128,
+                intermediate_size=256,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                eos_token_id=2,
+            ),
+            vision=CLIPVisionConfig(
+                image_size=64,
+                patch_size=8,
+                hidden_size=128,
+                intermediate_size=256,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+            ),
+            projection_dim=128,
+        ),
+    ),
     "mini": ModelVariant(
         name="mini",
         bart=BartConfig(),

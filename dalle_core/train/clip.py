@@ -179,13 +179,17 @@ def train_clip(
     return jax.device_get(params)
 
 
-def shapes_caption_fn(scenes):
-    """caption_fn for the shapes domain: a random wording and ``k`` hard negatives per scene."""
-    from dalle_core.train import shapes
+def shapes_caption_fn(scenes, domain=None):
+    """caption_fn for a training domain (default shapes): a random wording and ``k`` hard
+    negatives per scene."""
+    if domain is None:
+        from dalle_core.train.domains import ShapesDomain
+
+        domain = ShapesDomain()
 
     def fn(idx, rng, k=1):
-        caps = [shapes.caption(scenes[i], rng) for i in idx]
-        negs = [shapes.caption(shapes.perturb(scenes[i], rng), rng) for _ in range(k) for i in idx]
+        caps = [domain.caption(scenes[i], rng) for i in idx]
+        negs = [domain.caption(domain.perturb(scenes[i], rng), rng) for _ in range(k) for i in idx]
         return caps, (negs or None)
 
     return fn
@@ -232,13 +236,17 @@ def break_codes(codes: np.ndarray, rng: np.random.Generator, share: float = 0.25
     return codes
 
 
-def shapes_counterpart_fn(counterparts, images):
-    """counterpart_fn for the shapes domain: ``counterparts[i]`` are the k changed scenes of
-    training image i and ``images`` uint8 [N, k, H, W, 3] their pictures; fresh wordings each step."""
-    from dalle_core.train import shapes
+def shapes_counterpart_fn(counterparts, images, domain=None):
+    """counterpart_fn for a training domain (default shapes): ``counterparts[i]`` are the k changed
+    scenes of training image i and ``images`` uint8 [N, k, H, W, 3] their pictures; fresh wordings
+    each step."""
+    if domain is None:
+        from dalle_core.train.domains import ShapesDomain
+
+        domain = ShapesDomain()
 
     def fn(idx, rng):
-        caps = [shapes.caption(counterparts[i][j], rng) for i in idx for j in range(images.shape[1])]
+        caps = [domain.caption(counterparts[i][j], rng) for i in idx for j in range(images.shape[1])]
         return images[idx].reshape((-1,) + images.shape[2:]), caps
 
     return fn
@@ -347,6 +355,8 @@ def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
     folder, run_dir = out / "model" / "clip", out / "clip_tune_run"
     done = run_dir / "tuned.json"
     ucfg = CLIPTuneConfig.from_dict(ecfg.clip_tune)
+    if ucfg.train.steps and ecfg.domain != "shapes":
+        raise ValueError(f"clip_tune reads samples with the shapes checker; set clip_tune.steps: 0 for the {ecfg.domain} domain")
     if ucfg.train.steps == 0 or (resume and done.exists()):
         log.info("clip_tune: %s", "already done" if done.exists() else "skipped (steps: 0)")
         return folder
@@ -354,7 +364,7 @@ def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
         if not (out / "model" / part / "config.json").exists():
             raise FileNotFoundError(f"clip_tune needs the run's {part} in {out / 'model' / part}: run its stage first")
     run_dir.mkdir(parents=True, exist_ok=True)
-    train = _load_data(out, "train")
+    train = _load_data(out, "train", ecfg)
     rng = np.random.default_rng([ucfg.train.seed, 5])
     chosen = rng.choice(len(train.scenes), size=min(ucfg.scenes, len(train.scenes)), replace=False)
     scenes = [train.scenes[i] for i in chosen]
@@ -396,26 +406,25 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
 
     from dalle_core.checkpoints.clip import save_clip
     from dalle_core.rank import load_clip_tokenizer
-    from dalle_core.train.embedded import _load_data
+    from dalle_core.train.embedded import _load_data, domain_of
 
     folder = out / "model" / "clip"
+    domain = domain_of(out, ecfg)
     if resume and (folder / "model.safetensors").exists():
         log.info("clip: already exported")
         return folder
     cfg = variant.clip
     tokenizer = load_clip_tokenizer(out / "tokenizer" / "clip", cfg.text.max_position_embeddings)
-    train = _load_data(out, "train")
+    train = _load_data(out, "train", ecfg)
     tcfg = CLIPTrainConfig.from_dict(ecfg.clip)
     images, scenes = train.images, list(train.scenes)
     counterparts, cp_images, broken = None, None, None
     if tcfg.broken_negatives and not tcfg.reconstructions:
         raise ValueError("clip.broken_negatives needs clip.reconstructions (the VQGAN that breaks the tokens)")
     if tcfg.image_negatives:
-        from dalle_core.train import shapes
-
         rng = np.random.default_rng([tcfg.seed, 3])
-        counterparts = [[shapes.counterpart(sc, rng, ecfg.jitter) for _ in range(tcfg.image_negatives)] for sc in scenes]
-        cp_images = np.stack([shapes.render(c) for row in counterparts for c in row])
+        counterparts = [[domain.counterpart(sc, rng) for _ in range(tcfg.image_negatives)] for sc in scenes]
+        cp_images = np.stack([domain.render(c) for row in counterparts for c in row])
         log.info("clip: rendered %d counterpart scenes (image negatives)", len(cp_images))
     if tcfg.reconstructions:
         from dalle_core.checkpoints.vqgan import load_vqgan
@@ -442,8 +451,9 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
             counterparts = counterparts + counterparts
     cp_fn = None
     if counterparts is not None:
-        cp_fn = shapes_counterpart_fn(counterparts, cp_images.reshape((len(counterparts), tcfg.image_negatives) + cp_images.shape[1:]))
-    params = train_clip(cfg, images, shapes_caption_fn(scenes), tokenizer, out / "clip_run", tcfg, resume=resume,
+        cp_fn = shapes_counterpart_fn(counterparts, cp_images.reshape((len(counterparts), tcfg.image_negatives) + cp_images.shape[1:]),
+                                      domain)
+    params = train_clip(cfg, images, shapes_caption_fn(scenes, domain), tokenizer, out / "clip_run", tcfg, resume=resume,
                         counterpart_fn=cp_fn, broken=broken)
     save_clip(folder, cfg, params)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"):

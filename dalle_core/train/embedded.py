@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dalle_core.config import get_variant
-from dalle_core.train import shapes
+from dalle_core.train.domains import get_domain
 from dalle_core.train.vqgan import VQGANTrainConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class EmbeddedConfig:
     variant: the ``VARIANTS`` entry whose sizes the three models use.
     train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
     captions_per_image: caption wordings drawn per training scene for DalleBart and CLIP.
+    domain: what the scenes show (``dalle_core.train.domains``); art_dir: where the pictogram
+        domain fetches its art (shared between runs to fetch it once).
     jitter: whole pixels by which rendered objects may leave the 8-pixel anchor grid.
     bart_extra_images: more training scenes (fresh renders of training combinations), rendered and
         tokenized by the tokens stage for DalleBart alone; the VQGAN and CLIP stages keep
@@ -53,6 +55,8 @@ class EmbeddedConfig:
     """
 
     variant: str = "tiny"
+    domain: str = "shapes"  # dalle_core.train.domains: shapes or pictograms
+    art_dir: str | None = None  # pictograms: where the npm art is fetched (default: out_dir/art)
     seed: int = 0
     train_images: int = 16000
     heldout_images: int = 400
@@ -112,10 +116,21 @@ class _Timings:
         self.path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _load_data(out: Path, split: str) -> shapes.ShapesData:
-    images = np.load(out / f"{split}.npz")["images"]
-    rows = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
-    return shapes.ShapesData(images, [r["caption"] for r in rows], [shapes.Scene.from_dict(r["scene"]) for r in rows])
+def domain_of(out: Path, cfg: EmbeddedConfig):
+    """The run's training domain (``dalle_core.train.domains``)."""
+    return get_domain(cfg.domain, out, cfg.jitter, cfg.art_dir)
+
+
+def _load_data(out: Path, split: str, cfg: EmbeddedConfig | None = None):
+    return domain_of(out, cfg or _run_config(out)).load(out / f"{split}.npz")
+
+
+def _run_config(out: Path) -> EmbeddedConfig:
+    """The domain settings a run was started with (``out/config.json``), else the defaults."""
+    path = out / "config.json"
+    if not path.exists():
+        return EmbeddedConfig()
+    return load_config(None, **json.loads(path.read_text()))
 
 
 def train_embedded(
@@ -137,6 +152,9 @@ def train_embedded(
     variant = get_variant(cfg.variant)
     timings = _Timings(out / "timings.json")
     model_dir = out / "model"
+    domain = domain_of(out, cfg)
+    (out / "config.json").write_text(json.dumps({"domain": cfg.domain, "art_dir": cfg.art_dir, "jitter": cfg.jitter,
+                                                 "seed": cfg.seed}) + "\n")
 
     for stage in STAGES:
         if stage not in stages:
@@ -147,9 +165,9 @@ def train_embedded(
             if resume and (out / "train.npz").exists() and (out / "heldout.npz").exists():
                 log.info("data: already there")
                 continue
+            domain.prepare()
             for split, n in (("train", cfg.train_images), ("heldout", cfg.heldout_images)):
-                data = shapes.make_dataset(n, seed=cfg.seed, split=split, jitter=cfg.jitter)
-                shapes.save_dataset(out / f"{split}.npz", data)
+                domain.save(out / f"{split}.npz", domain.make_dataset(n, cfg.seed, split))
         elif stage == "tokenizer":
             _stage_tokenizer(out, cfg, variant, resume)
         elif stage == "vqgan":
@@ -159,10 +177,10 @@ def train_embedded(
             if resume and (model_dir / "vqgan" / "flax_model.msgpack").exists():
                 log.info("vqgan: already exported")
                 continue
-            train = _load_data(out, "train")
+            train = _load_data(out, "train", cfg)
             params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume)
-            held = _load_data(out, "heldout")
-            report = reconstruction_report(variant.vqgan, params, held.images, held.scenes)
+            held = _load_data(out, "heldout", cfg)
+            report = reconstruction_report(variant.vqgan, params, held.images, held.scenes, domain.check)
             log.info("vqgan reconstruction, pixel checker on held-out renders: %s", report)
             (out / "vqgan_report.json").write_text(json.dumps(report, indent=2) + "\n")
             save_vqgan(model_dir / "vqgan", variant.vqgan, params)
@@ -172,7 +190,7 @@ def train_embedded(
 
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
             if not (resume and (out / "tokens.npz").exists()):
-                train = _load_data(out, "train")
+                train = _load_data(out, "train", cfg)
                 codes = encode_images(vq_cfg, vq_params, train.images)
                 np.savez_compressed(out / "tokens.npz", codes=codes)
                 log.info("tokens: %d images, %d distinct codes used", len(codes), len(np.unique(codes)))
@@ -186,11 +204,11 @@ def train_embedded(
             if resume and done.exists():
                 continue
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
-            train = _load_data(out, "train")
+            train = _load_data(out, "train", cfg)
             params = train_vqgan(vq_cfg, train.images, out / "vqgan_decoder_run", cfg.vqgan_decoder,
                                  resume=resume, init_params=vq_params)
-            held = _load_data(out, "heldout")
-            report = reconstruction_report(vq_cfg, params, held.images, held.scenes)
+            held = _load_data(out, "heldout", cfg)
+            report = reconstruction_report(vq_cfg, params, held.images, held.scenes, domain.check)
             log.info("vqgan after decoder fine-tuning, pixel checker on held-out renders: %s", report)
             save_vqgan(model_dir / "vqgan", vq_cfg, params)
             done.write_text(json.dumps(report, indent=2) + "\n")
@@ -218,8 +236,9 @@ def _all_captions(out: Path, cfg: EmbeddedConfig) -> list[list[str]]:
     path = out / "captions.json"
     if path.exists():
         return json.loads(path.read_text())
-    train = _load_data(out, "train")
-    extra = [shapes.recaption(train.scenes, seed=cfg.seed * 1000 + k) for k in range(1, cfg.captions_per_image)]
+    train = _load_data(out, "train", cfg)
+    domain = domain_of(out, cfg)
+    extra = [domain.recaption(train.scenes, seed=cfg.seed * 1000 + k) for k in range(1, cfg.captions_per_image)]
     caps = [[c, *(e[i] for e in extra)] for i, c in enumerate(train.captions)]
     path.write_text(json.dumps(caps))
     return caps
@@ -234,11 +253,12 @@ def _extra_scenes(out: Path, cfg: EmbeddedConfig, encode) -> None:
     ``seed + 1000 + i``; wordings ``1000 * seed + 77 + first index of the part + k``), apart from the
     seeds of the ``train_images`` scenes and their wordings."""
     codes, caps = [], []
+    domain = domain_of(out, cfg)
     t0 = time.time()
     for i, start in enumerate(range(0, cfg.bart_extra_images, EXTRA_PART)):
         n = min(EXTRA_PART, cfg.bart_extra_images - start)
-        data = shapes.make_dataset(n, seed=cfg.seed + 1000 + i, split="train", jitter=cfg.jitter)
-        more = [shapes.recaption(data.scenes, seed=1000 * cfg.seed + 77 + start + k) for k in range(1, cfg.captions_per_image)]
+        data = domain.make_dataset(n, cfg.seed + 1000 + i, "train")
+        more = [domain.recaption(data.scenes, seed=1000 * cfg.seed + 77 + start + k) for k in range(1, cfg.captions_per_image)]
         caps += [[c, *(m[j] for m in more)] for j, c in enumerate(data.captions)]
         codes.append(encode(data.images))
         log.info("tokens: extra scenes %d/%d (%.0fs)", start + n, cfg.bart_extra_images, time.time() - t0)

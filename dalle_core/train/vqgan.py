@@ -360,14 +360,16 @@ def decode_codes(cfg: VQGANConfig, params: dict, codes: np.ndarray, batch_size: 
     return np.concatenate(out)[inverse.ravel()]
 
 
-def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, scenes) -> dict:
+def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, scenes, check=None) -> dict:
     """How well the VQGAN keeps the domain: the pixel checker on reconstructions, and the L1 error.
 
     Top-level keys are the checker's rates (``colour_shape``, ``relation``, ...) and ``l1``;
     ``singles`` breaks single objects down by size and shape ({"small circle": {"pass", "count"}}),
     which shows which objects the tokenizer cannot draw (a DalleBart trained on it cannot either).
+    ``check(image, scene) -> {name: bool}``: the domain's checker (default: the shapes one).
     """
-    from dalle_core.train.shapes import check
+    if check is None:
+        from dalle_core.train.shapes import check
 
     recon = decode_codes(cfg, params, encode_images(cfg, params, images))
     totals: dict[str, list[bool]] = {}
@@ -376,7 +378,7 @@ def reconstruction_report(cfg: VQGANConfig, params: dict, images: np.ndarray, sc
         result = check(img, sc)
         for k, v in result.items():
             totals.setdefault(k, []).append(v)
-        if sc.kind == "single":
+        if sc.kind == "single" and hasattr(sc, "objects"):
             singles.setdefault(f"{sc.size or 'medium'} {sc.objects[0].shape}", []).append(result["colour_shape"])
     report: dict = {k: float(np.mean(v)) for k, v in totals.items()}
     report["l1"] = float(np.abs(recon.astype(np.float32) - images.astype(np.float32)).mean() / 255.0)

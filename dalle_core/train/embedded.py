@@ -121,16 +121,8 @@ def domain_of(out: Path, cfg: EmbeddedConfig):
     return get_domain(cfg.domain, out, cfg.jitter, cfg.art_dir)
 
 
-def _load_data(out: Path, split: str, cfg: EmbeddedConfig | None = None):
-    return domain_of(out, cfg or _run_config(out)).load(out / f"{split}.npz")
-
-
-def _run_config(out: Path) -> EmbeddedConfig:
-    """The domain settings a run was started with (``out/config.json``), else the defaults."""
-    path = out / "config.json"
-    if not path.exists():
-        return EmbeddedConfig()
-    return load_config(None, **json.loads(path.read_text()))
+def _load_data(out: Path, split: str, cfg: EmbeddedConfig):
+    return domain_of(out, cfg).load(out / f"{split}.npz")
 
 
 def train_embedded(
@@ -153,8 +145,6 @@ def train_embedded(
     timings = _Timings(out / "timings.json")
     model_dir = out / "model"
     domain = domain_of(out, cfg)
-    (out / "config.json").write_text(json.dumps({"domain": cfg.domain, "art_dir": cfg.art_dir, "jitter": cfg.jitter,
-                                                 "seed": cfg.seed}) + "\n")
 
     for stage in STAGES:
         if stage not in stages:

@@ -140,6 +140,8 @@ class Concepts:
     keywords: tuple[tuple[str, ...], ...]
     groups: tuple[str, ...]
     art: np.ndarray | None = None
+    # scaled art per (concept, side) and checker references per background, filled on use
+    cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -247,35 +249,26 @@ def _place(scene: Scene) -> list[tuple[int, int, int]]:
     return out
 
 
-@lru_cache(maxsize=8192)
-def _scaled(art_id: int, side: int, art_key: int) -> np.ndarray:
+def _scaled(concepts: Concepts, i: int, side: int) -> np.ndarray:
     """float32 premultiplied RGBA [side, side, 4] of one concept's art (cached per size)."""
     from PIL import Image
 
-    art = _ART[art_key][art_id]
-    im = Image.fromarray(art, "RGBA").resize((side, side), Image.LANCZOS, reducing_gap=None)
-    x = np.asarray(im, np.float32) / 255.0
-    x[..., :3] *= x[..., 3:]
-    return x
+    key = ("scaled", i, side)
+    if key not in concepts.cache:
+        im = Image.fromarray(concepts.art[i], "RGBA").resize((side, side), Image.LANCZOS, reducing_gap=None)
+        x = np.asarray(im, np.float32) / 255.0
+        x[..., :3] *= x[..., 3:]
+        concepts.cache[key] = x
+    return concepts.cache[key]
 
 
-_ART: dict[int, np.ndarray] = {}
-
-
-def _art_key(art: np.ndarray) -> int:
-    key = id(art)
-    _ART[key] = art
-    return key
-
-
-def composite(art: np.ndarray, background: tuple[int, int, int], boxes: Sequence[tuple[int, int, int, int]],
+def composite(concepts: Concepts, background: tuple[int, int, int], boxes: Sequence[tuple[int, int, int, int]],
               size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 [size, size, 3]: each (concept, left, top, side) of ``boxes`` drawn over a solid colour."""
     canvas = np.empty((size, size, 3), np.float32)
     canvas[:] = np.asarray(background, np.float32) / 255.0
-    key = _art_key(art)
     for concept, left, top, side in boxes:
-        x = _scaled(int(concept), int(side), key)
+        x = _scaled(concepts, int(concept), int(side))
         region = canvas[top : top + side, left : left + side]
         region[:] = x[..., :3] + region * (1.0 - x[..., 3:])
     return np.clip(np.round(canvas * 255.0), 0, 255).astype(np.uint8)
@@ -284,7 +277,7 @@ def composite(art: np.ndarray, background: tuple[int, int, int], boxes: Sequence
 def render(scene: Scene, concepts: Concepts) -> np.ndarray:
     """uint8 [64, 64, 3]: the scene drawn with the concepts' art."""
     boxes = [(c, left, top, side) for c, (left, top, side) in zip(scene.concepts, _place(scene), strict=True)]
-    return composite(concepts.art, COLOURS[scene.background], boxes)
+    return composite(concepts, COLOURS[scene.background], boxes)
 
 
 # --- captions -----------------------------------------------------------------------------------
@@ -476,22 +469,19 @@ def _square_crop(image: np.ndarray, box: tuple[int, int, int, int], rgb: Sequenc
     return np.asarray(Image.fromarray(canvas).resize((CHECK_SIDE, CHECK_SIDE), Image.BILINEAR), np.float32)
 
 
-_REFERENCES: dict[tuple[int, str], np.ndarray] = {}
-
-
 def references(concepts: Concepts, background: str) -> np.ndarray:
     """float32 [N, CHECK_SIDE, CHECK_SIDE, 3]: every concept's art on the background, cropped like a
     drawing (cached per concept list and colour)."""
-    key = (id(concepts.art), background)
-    if key not in _REFERENCES:
+    key = ("references", background)
+    if key not in concepts.cache:
         rgb = COLOURS[background]
         rows = []
         for i in range(len(concepts)):
-            full = composite(concepts.art, rgb, [(i, 0, 0, IMAGE_SIZE)])
+            full = composite(concepts, rgb, [(i, 0, 0, IMAGE_SIZE)])
             box = _bbox(_ink(full, rgb)) or (0, 0, IMAGE_SIZE, IMAGE_SIZE)
             rows.append(_square_crop(full, box, rgb))
-        _REFERENCES[key] = np.stack(rows)
-    return _REFERENCES[key]
+        concepts.cache[key] = np.stack(rows)
+    return concepts.cache[key]
 
 
 def rank_drawing(image: np.ndarray, box: tuple[int, int, int, int] | None, concepts: Concepts,

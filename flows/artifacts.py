@@ -60,7 +60,8 @@ def summary_markdown(manifest: dict[str, Any], folder: Path, urls: dict[str, str
     if cover:
         lines += [f"![cover]({cover})", ""]
     lines += [
-        f"**Source:** {manifest['source']}  ",
+        f"**Source:** {manifest['source']}"
+        + (f" (text by {manifest['article']['extractor']})" if "article" in manifest else "") + "  ",
         f"**Prompt:** {_fmt(manifest['prompt'])}  ",
         f"**Negative prompt:** {_fmt(manifest.get('negative_prompt') or None)}  ",
         f"**Model:** {manifest['model'].get('name')}"

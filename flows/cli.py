@@ -108,6 +108,7 @@ def _summary(manifest: dict) -> str:
     lines = [
         "",
         f"Done: {manifest['title']!r}",
+        f"  text ({manifest['article']['extractor']}): {manifest['article']['characters']} characters",
         f"  topics ({manifest['topics']['extractor']}): "
         + ", ".join(t["phrase"] for t in manifest["topics"]["merged"]),
         f"  prompt: {manifest['prompt']}",

@@ -69,6 +69,9 @@ def build_manifest(*, source, article, chunks, result, topics, prompt, model_inf
     return {
         "source": source,
         "title": article.title,
+        # What produced the article text: trafilatura, the tag rules, the page's text (HTML), or
+        # the Markdown / plain-text reader.
+        "article": {"extractor": article.extractor, "characters": len(article.text)},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "chunk_count": len(chunks),
         "topics": {

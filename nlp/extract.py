@@ -1,28 +1,32 @@
-"""Article extraction from HTML and Markdown with beautifulsoup4.
+"""Article extraction from HTML, Markdown and plain text.
 
-The chain, in order:
+HTML goes down a chain and the first step that finds an article wins (``Article.extractor``):
 
-1. parse (``html.parser``: no C dependency) and drop markup that is never article text —
-   scripts, styles, forms, code blocks, comments in the HTML sense;
-2. drop boilerplate by tag (nav, aside, header/footer outside the article), ARIA role and
-   class/id words (cookie banners, ads, comment threads, share bars, newsletters, related posts);
-3. pick the content root: the largest ``<article>``, else ``<main>``/``role=main``, else the
-   block with the best text-density score (text in paragraphs, penalised by link text);
-4. walk the root in document order collecting headings, paragraphs and list items into sections.
+1. ``trafilatura``: the page's main text from trafilatura (:mod:`nlp.main_text`), with the
+   subheadings it drops (styled ``<div>`` lines above a paragraph) put back from step 2;
+2. ``rules``: our BeautifulSoup rules. Drop never-text markup (scripts, styles, code blocks) and
+   boilerplate by tag, ARIA role and class/id words (cookie banners, ads, comments, share bars,
+   related posts), never the block that holds most of the page's prose or a wrapper around it;
+   take the content root (the ``<article>`` around that prose, ``<main>``, or the densest block)
+   and walk it in document order into headings, paragraphs and list items;
+3. ``page text``: every sentence-like block of the page, so a page with an article is never empty.
 
-Markdown is rendered to HTML with markdown-it-py (CommonMark) and goes through step 4 only;
-fenced and indented code become ``<pre>`` and are dropped like in HTML.
+A result counts as an article from about 20 words (100 letters) up; less is a menu or a login
+wall, and :class:`EmptyArticleError` says so. The title comes from the page's metadata and
+headings (see :func:`extract_html`). Markdown is rendered to HTML with markdown-it-py (CommonMark)
+and walked like step 2's root; code blocks are dropped like in HTML.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 
 from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
 
+from nlp.clean import clean_text
 from nlp.errors import EmptyArticleError
+from nlp.main_text import main_text_sections
 from nlp.models import Article, Section
 
 logger = logging.getLogger(__name__)
@@ -62,16 +66,7 @@ _BLOCKS = set(_HEADINGS) | set(_LEAF_BLOCKS) | {
     "figure", "header", "footer", "details", "hr", "br", "body", "html", "center", "address",
 }
 _BLOCK_LIST = sorted(_BLOCKS - {"br"})
-_WS = re.compile(r"\s+")
-_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 _WORD_SPLIT = re.compile(r"[-_\s]+|(?<=[a-z])(?=[A-Z])")
-
-
-def clean_text(text: str) -> str:
-    """Unicode NFC, zero-width and soft hyphens removed, whitespace runs collapsed to one space."""
-    text = unicodedata.normalize("NFC", text)
-    text = _ZERO_WIDTH.sub("", text)
-    return _WS.sub(" ", text).strip()
 
 
 def _attr_words(tag: Tag) -> set[str]:
@@ -110,20 +105,34 @@ def _is_boilerplate(tag: Tag) -> bool:
 
 
 def _strip(soup: BeautifulSoup) -> None:
-    """Remove HTML comments, never-text elements and boilerplate, in place."""
+    """Remove HTML comments, never-text elements and boilerplate, in place.
+
+    No rule removes the block that holds most of the page's prose (found before any boilerplate
+    goes) or an element around it: a page-wide ``<form>``, or a wrapper whose class says "sidebar"
+    or "widget", loses its own markup, not the post inside it.
+    """
     for node in soup.find_all(string=lambda s: isinstance(s, (Comment, Doctype))):
         node.extract()
-    for tag in soup.find_all(_DROP_TAGS):
+    for tag in soup.find_all([t for t in _DROP_TAGS if t != "form"]):
         # Inline <code> inside a sentence is part of the prose ("run `pip install`") only when it
         # is short; block code lives in <pre> and goes.
         if tag.name == "code" and tag.find_parent("pre") is None and len(tag.get_text()) <= 40:
             tag.unwrap()
             continue
-        tag.decompose()
+        if not getattr(tag, "decomposed", False):
+            tag.decompose()
     body = soup.body or soup
-    body_len = _text_len(body) or 1
+    prose = _density_root(body)
+    protected = {id(prose)} | {id(p) for p in prose.parents}
+    for form in soup.find_all("form"):
+        if id(form) in protected:
+            form.unwrap()
+        elif not getattr(form, "decomposed", False):
+            form.decompose()
     for tag in list(soup.find_all(True)):
         if getattr(tag, "decomposed", False) or tag.name in ("html", "body", "article", "main"):
+            continue
+        if id(tag) in protected:
             continue
         if tag.name in ("header", "footer"):
             # Site header/footer go; inside the post a <header> holds its title, a <footer> tags.
@@ -137,9 +146,7 @@ def _strip(soup: BeautifulSoup) -> None:
         if _attr_words(tag) & _BOILERPLATE_WORDS == {"header"} and tag.find_parent(["article", "main"]):
             continue
         # A class like "page has-sidebar" on a wrapper must not take the post with it.
-        if tag.name not in _BOILERPLATE_TAGS and (
-            tag.find(["article", "main"]) is not None or _text_len(tag) > 0.6 * body_len
-        ):
+        if tag.name not in _BOILERPLATE_TAGS and tag.find(["article", "main"]) is not None:
             continue
         tag.decompose()
 
@@ -209,8 +216,11 @@ def _content_root(soup: BeautifulSoup) -> Tag:
     body = soup.body or soup
     articles = [a for a in body.find_all("article") if _text_len(a) >= 200]
     if articles:
-        # Archive pages list many <article> teasers; the post is the one with the most text.
-        return max(articles, key=_text_len)
+        # Archive pages list many <article> teasers and posts end with <article> cards of related
+        # posts: the post is the article around the page's main prose, else the longest one.
+        prose = _density_root(body)
+        around = [a for a in articles if a is prose or a in prose.parents]
+        return around[-1] if around else max(articles, key=_text_len)
     for cand in (body.find("main"), body.find(attrs={"role": "main"})):
         if isinstance(cand, Tag) and _text_len(cand) >= 200:
             return cand
@@ -316,18 +326,22 @@ def _meta_title(soup: BeautifulSoup) -> str:
 _TITLE_SUFFIX = re.compile(r"\s+[|–—·»:~/-]{1,3}\s+[^|–—·»:~/]{1,40}$")
 
 
-def extract_html(html: str, source: str = "") -> Article:
+def extract_html(html: str, source: str = "", *, main_text: bool = True) -> Article:
     """Extract title and sections from an HTML document.
 
-    Title: ``og:title`` (or ``twitter:title``), else the first ``<h1>``, else ``<title>`` with a
-    trailing " | Site name" removed. An ``<h1>`` equal to the title is not repeated as a section.
-    Raises :class:`EmptyArticleError` when no text is left.
+    The text comes from trafilatura (:mod:`nlp.main_text`); when it finds nothing, from the tag rules
+    of this module; when those find nothing either, from every paragraph of the page. ``Article.
+    extractor`` says which one it was. Title: ``og:title`` (or ``twitter:title``), else the post's
+    first ``<h1>``, else ``<title>`` with a trailing " | Site name" removed; a heading equal to the
+    title is not repeated as a section. ``main_text=False`` skips trafilatura (the rules alone).
+    Raises :class:`EmptyArticleError` when the page has no article text.
     """
     soup = BeautifulSoup(html, "html.parser")
     meta_title = _meta_title(soup)
     title_tag = soup.find("title")
     doc_title = clean_text(title_tag.get_text()) if isinstance(title_tag, Tag) else ""
     standfirst = _standfirst(soup, {meta_title, _TITLE_SUFFIX.sub("", doc_title)})
+    whole_page = _whole_page(soup)
     _strip(soup)
     root = _content_root(soup)
     # An <h1> outside the post is usually the site's name: then <title> names the post better.
@@ -337,21 +351,99 @@ def extract_html(html: str, source: str = "") -> Article:
     title = (meta_title or h1_text or _TITLE_SUFFIX.sub("", doc_title) or doc_title
              or (clean_text(_inline_text(any_h1)) if isinstance(any_h1, Tag) else ""))
 
-    collector = _Collector()
-    collector.walk(root)
-    sections = _drop_title(collector.result(), {title, h1_text})
+    rules = _collect_rules(root)
+    extractor, sections = "trafilatura", main_text_sections(html) if main_text else []
+    if _is_article(sections):
+        sections = _restore_subheadings(sections, rules)
+    else:
+        extractor, sections = "rules", rules
+    if not _is_article(sections):
+        extractor, sections = "page text", whole_page
+    sections = _drop_title(sections, {title, h1_text})
     # A subtitle that sat beside the title, outside the content root, leads the text.
     if standfirst and sections and not any(standfirst in p for s in sections for p in s.paragraphs):
         if sections[0].heading is None:
             sections[0].paragraphs.insert(0, standfirst)
         else:
             sections.insert(0, Section(heading=None, level=0, paragraphs=[standfirst]))
-    if not any(s.paragraphs for s in sections):
+    if not _is_article(sections):
         raise EmptyArticleError(
             f"no article text found in {source or 'the page'}: it may need JavaScript to render; "
             "save the rendered page as HTML or pass the post as a Markdown/text file"
         )
-    return Article(source=source, title=title, sections=sections)
+    logger.debug("extracted %s with %s", source or "the page", extractor)
+    return Article(source=source, title=title, sections=sections, extractor=extractor)
+
+
+def _collect_rules(root: Tag) -> list[Section]:
+    collector = _Collector()
+    collector.walk(root)
+    return collector.result()
+
+
+def _is_subheading(text: str) -> bool:
+    return len(text.split()) <= 10 and not text.endswith((".", "!", "?", ":", ";", ","))
+
+
+def _restore_subheadings(main: list[Section], rules: list[Section]) -> list[Section]:
+    """Put back the subheadings trafilatura drops (a styled ``<div>`` or short line above a
+    paragraph): a short line the rules found right before a paragraph that both extractors kept
+    becomes that paragraph's heading. The chunker and topics read headings, so they matter."""
+    blocks: list[tuple[str, int]] = []
+    for sec in rules:
+        if sec.heading:
+            blocks.append((sec.heading, sec.level or 2))
+        blocks.extend((p, 0) for p in sec.paragraphs)
+    kept = {h for s in main if s.heading for h in [s.heading]}
+    kept |= {p for s in main for p in s.paragraphs}
+    heading_before: dict[str, tuple[str, int]] = {}
+    for (text, level), (after, _) in zip(blocks, blocks[1:], strict=False):
+        if text not in kept and after in kept and _is_subheading(text):
+            heading_before[after] = (text, level or 3)
+    if not heading_before:
+        return main
+    out: list[Section] = []
+    for sec in main:
+        out.append(Section(heading=sec.heading, level=sec.level))
+        for p in sec.paragraphs:
+            if p in heading_before and out[-1].paragraphs:
+                text, level = heading_before[p]
+                out.append(Section(heading=text, level=level))
+            out[-1].paragraphs.append(p)
+    return out
+
+
+def _chars(text: str) -> int:
+    """Letters and digits, the measure of text length that holds for languages without spaces."""
+    return sum(1 for c in text if c.isalnum())
+
+
+def _is_article(sections: list[Section]) -> bool:
+    """A menu ("Home · Blog") or a login wall ("Members only. Email, Password, Sign in") is not."""
+    return sum(_chars(p) for s in sections for p in s.paragraphs) >= _MIN_ARTICLE_CHARS
+
+
+# Fewer letters than this in paragraphs (about 20 English words) is not a post, whichever
+# extractor found them.
+_MIN_ARTICLE_CHARS = 100
+# The last resort keeps sentences, not menu items: blocks of at least this many letters.
+_PAGE_TEXT_MIN_BLOCK_CHARS = 35
+
+
+def _whole_page(soup: BeautifulSoup) -> list[Section]:
+    """Last resort: the page's sentence-like blocks in order, before any rule drops one."""
+    copy = BeautifulSoup(str(soup.body or soup), "html.parser")
+    for tag in copy.find_all(["script", "style", "noscript", "template", "svg", "pre", "button",
+                              "select", "textarea", "label", "nav"]):
+        tag.decompose()
+    collector = _Collector()
+    collector.walk(copy)
+    sections = []
+    for sec in collector.result():
+        paragraphs = [p for p in sec.paragraphs if _chars(p) >= _PAGE_TEXT_MIN_BLOCK_CHARS]
+        if paragraphs:
+            sections.append(Section(heading=sec.heading, level=sec.level, paragraphs=paragraphs))
+    return sections
 
 
 _STANDFIRST_WORDS = {"subtitle", "standfirst", "dek", "deck", "excerpt", "lede", "strapline",
@@ -432,7 +524,7 @@ def extract_markdown(text: str, source: str = "") -> Article:
             f"no text found in {source or 'the Markdown document'}: it has no paragraphs outside "
             "code blocks; check that the file is the post itself"
         )
-    return Article(source=source, title=title, sections=sections)
+    return Article(source=source, title=title, sections=sections, extractor="markdown")
 
 
 def _strip_code(soup: BeautifulSoup) -> None:
@@ -458,4 +550,4 @@ def extract_text(text: str, source: str = "") -> Article:
         title = paras.pop(0)
     if not paras:
         raise EmptyArticleError(f"{source or 'the text'} is empty: pass a file with the post's text")
-    return Article(source=source, title=title, sections=[Section(paragraphs=paras)])
+    return Article(source=source, title=title, sections=[Section(paragraphs=paras)], extractor="text")

@@ -37,13 +37,16 @@ class Article(BaseModel):
     """An extracted post.
 
     ``text`` is the headings and paragraphs joined by blank lines (``"\\n\\n"``); chunk offsets
-    index into it. When built without ``text`` it is rendered from ``sections``.
+    index into it. When built without ``text`` it is rendered from ``sections``. ``extractor``
+    names what produced the text: ``trafilatura``, ``rules`` or ``page text`` for HTML,
+    ``markdown`` or ``text`` for files.
     """
 
     source: str
     title: str = ""
     sections: list[Section] = Field(default_factory=list)
     text: str = ""
+    extractor: str = ""
 
     @model_validator(mode="after")
     def _fill_text(self) -> Article:

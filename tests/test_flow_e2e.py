@@ -34,6 +34,7 @@ def test_folder_is_complete(manifest):
 def test_manifest_records_every_stage(manifest):
     assert manifest["source"] == str(EXAMPLE)
     assert manifest["chunk_count"] >= 1
+    assert manifest["article"]["extractor"] == "markdown"
     assert manifest["topics"]["extractor"] == "offline"
     phrases = " ".join(t["phrase"] for t in manifest["topics"]["merged"]).lower()
     assert "red circle" in phrases

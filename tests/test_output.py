@@ -16,7 +16,7 @@ class _Prompt:
 
 
 def _manifest(title="Hello, World: A Post!"):
-    article = SimpleNamespace(title=title)
+    article = SimpleNamespace(title=title, extractor="markdown", text="Some text.")
     result = SimpleNamespace(extractor="offline", usage={}, errors=[], topics=[1, 2, 3])
     prompt = _Prompt(text="a red circle", negative="blurry")
     return output.build_manifest(
@@ -46,6 +46,7 @@ def test_write_result_ranks_and_writes_everything(tmp_path):
     assert [c["rank"] for c in m["candidates"]] == [1, 2, 3]
     assert m["cover"]["from"] == "candidate-02.png"
     assert m["chunk_count"] == 2 and m["seed"] == 3 and "finish" in m["timings"]
+    assert m["article"] == {"extractor": "markdown", "characters": 10}
     assert sorted(p.name for p in folder.iterdir()) == [
         "candidate-01.png", "candidate-02.png", "candidate-03.png", "cover.png", "manifest.json"]
     # nothing temporary is left behind

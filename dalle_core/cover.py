@@ -93,6 +93,27 @@ class PlatformConfig:
 
     presets: dict[str, PlatformPreset]
     outpaint: OutpaintSettings = field(default_factory=OutpaintSettings)
+    aliases: dict[str, str] = field(default_factory=dict)  # other name → preset name
+
+    def names(self) -> list[str]:
+        """Every name a user may give: the presets, then the aliases."""
+        return [*self.presets, *self.aliases]
+
+    def resolve(self, names: Iterable[str] | str) -> list[str]:
+        """Preset names for ``names`` (a list or a comma-separated string; aliases resolved,
+        repeats dropped, "all" for every preset). Unknown names raise one ``ValueError`` line."""
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        names = [str(n).strip().lower() for n in names]
+        if names == ["all"]:
+            return list(self.presets)
+        unknown = [n for n in names if n not in self.presets and n not in self.aliases]
+        if unknown:
+            raise ValueError(
+                f"unknown platform(s) {', '.join(map(repr, unknown))}; choose from "
+                f"{', '.join(self.presets)} (or {', '.join(f'{a}={t}' for a, t in self.aliases.items())}, all)"
+            )
+        return list(dict.fromkeys(self.aliases.get(n, n) for n in names))
 
 
 _PRESET_KEYS = {"width", "height", "outpaint", "upscale", "title", "description"}
@@ -134,7 +155,15 @@ def load_platforms(path: str | os.PathLike | None = None) -> PlatformConfig:
         outpaint = OutpaintSettings(**(data.get("outpaint") or {}))
     except TypeError as err:
         raise ValueError(f"{path}: bad outpaint section ({err})") from err
-    return PlatformConfig(presets, outpaint)
+    aliases = data.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise ValueError(f"{path}: 'aliases' must map other names to preset names")
+    aliases = {str(a): str(t) for a, t in aliases.items()}
+    for alias, target in aliases.items():
+        if target not in presets or alias in presets:
+            raise ValueError(f"{path}: alias {alias!r} must name a preset ({target!r} is not one) "
+                             "and must not be a preset's own name")
+    return PlatformConfig(presets, outpaint, aliases)
 
 
 def load_presets(path: str | os.PathLike | None = None) -> dict[str, PlatformPreset]:
@@ -142,21 +171,9 @@ def load_presets(path: str | os.PathLike | None = None) -> dict[str, PlatformPre
     return load_platforms(path).presets
 
 
-def select_presets(
-    names: Iterable[str] | str, presets: Mapping[str, PlatformPreset]
-) -> list[PlatformPreset]:
-    """Presets named in ``names`` (a list or a comma-separated string; "all" for every one)."""
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(names)
-    if names == ["all"]:
-        return list(presets.values())
-    unknown = [n for n in names if n not in presets]
-    if unknown:
-        raise ValueError(
-            f"unknown platform preset(s) {', '.join(unknown)}; known: {', '.join(presets)}"
-        )
-    return [presets[n] for n in names]
+def select_presets(names: Iterable[str] | str, platforms: PlatformConfig) -> list[PlatformPreset]:
+    """Presets named in ``names`` (see :meth:`PlatformConfig.resolve`)."""
+    return [platforms.presets[n] for n in platforms.resolve(names)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import numpy as np
 from dalle_core.checkpoints import CheckpointError, resolve_source
 from dalle_core.config import CLIPConfig
 from dalle_core.models.clip import CLIPModel
+from dalle_core.text import tolerate_unknowns
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ClipTokenizer:
 
     def __init__(self, backend, max_length: int):
         """``backend`` is a ``tokenizers.Tokenizer`` whose post-processor adds BOS/EOS."""
+        backend = tolerate_unknowns(backend)
         self.backend = backend
         self.max_length = max_length
         pad_token = _pad_token(backend)

@@ -193,6 +193,32 @@ def normalize_text(t: str) -> str:
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # BART's ids 0, 1, 2, 3, last
 
 
+_END_TOKENS = ("<|endoftext|>", "</s>")
+
+
+def tolerate_unknowns(tokenizer):
+    """The same tokenizer, made safe for characters it has never seen.
+
+    A BPE model whose ``unk_token`` is missing from its own vocabulary raises "Unk token … not
+    found in the vocabulary" on the first unseen character (a small trained vocabulary meets an
+    "x" or an emoji); one whose unknown token is the end-of-text token (CLIP's layout) ends the
+    text at that character, since the text tower reads the first end-of-text. Such a model gets no
+    unknown token instead: unseen characters are dropped and the rest of the text is encoded as
+    before. A model with a separate unknown token (BART's ``<unk>``) is unchanged.
+    """
+    from tokenizers import Tokenizer
+
+    state = json.loads(tokenizer.to_str())
+    model = state.get("model") or {}
+    unk = model.get("unk_token")
+    vocab = model.get("vocab")
+    if unk is None or not isinstance(vocab, dict) or (unk in vocab and unk not in _END_TOKENS):
+        return tokenizer
+    log.debug("tokenizer unknown token %r is not in its vocabulary: unseen characters are dropped", unk)
+    model["unk_token"] = None
+    return Tokenizer.from_str(json.dumps(state))
+
+
 class TextTokenizer:
     """BART byte-level BPE: text → ``input_ids``/``attention_mask`` padded to ``max_length``.
 
@@ -203,6 +229,7 @@ class TextTokenizer:
     def __init__(self, tokenizer, max_length: int = 64, normalize: bool = True):
         from tokenizers import processors
 
+        tokenizer = tolerate_unknowns(tokenizer)
         self.max_length = max_length
         self.normalize = normalize
         self._tok = tokenizer

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--llm-url", help="OpenAI-compatible endpoint for topics and prompts (key: OPENAI_API_KEY)")
     run.add_argument("--llm-model", help="model name at that endpoint")
     run.add_argument("--upscale", action="store_true", help="x4 upscale the cover")
-    run.add_argument("--platforms", help="comma-separated platform presets, e.g. og,linkedin,x")
+    run.add_argument("--platforms", help="comma-separated platform presets of configs/platforms.yaml "
+                     "(blog, linkedin, x, instagram-square, …; aliases og, twitter, instagram) or all")
     run.set_defaults(func=cmd_run)
 
     styles = sub.add_parser("styles", help="list the style presets")

@@ -73,6 +73,8 @@ class FeedsConfig(_Section):
     timezone: str = "UTC"
     state_file: Path = Path("covercraft-state/feeds.json")
     max_new_runs: int = Field(50, ge=1, le=1000)
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_backoff_minutes: float = Field(10.0, ge=0, le=10080)
     parameters: dict[str, Any] = {}
 
     @field_validator("cron")
@@ -202,6 +204,8 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
                 "deployment": cfg.blog_deployment,
                 "parameters": parameters,
                 "max_new_runs": feeds.max_new_runs,
+                "max_attempts": feeds.max_attempts,
+                "retry_backoff_minutes": feeds.retry_backoff_minutes,
             },
             schedule=schedule,
         ))
@@ -467,7 +471,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise ConfigError("no feeds: pass --feed URL or set feeds.urls in the deploy config")
     result = watch_feed(feeds=urls, state_file=str(cfg.feeds.state_file.expanduser().resolve()),
                         deployment=cfg.blog_deployment, parameters=dict(cfg.feeds.parameters),
-                        max_new_runs=cfg.feeds.max_new_runs)
+                        max_new_runs=cfg.feeds.max_new_runs, max_attempts=cfg.feeds.max_attempts,
+                        retry_backoff_minutes=cfg.feeds.retry_backoff_minutes)
     print(f"watch-feed: {result}")
     return 0
 

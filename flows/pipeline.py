@@ -11,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
@@ -210,7 +208,7 @@ def _render_into(out, tokens, image, prompt_text, negative, title, model, sampli
         from dalle_core import cover
 
         platforms = cover.load_platforms()
-        presets = cover.select_presets(cfg.platforms, platforms.presets)
+        presets = cover.select_presets(cfg.platforms, platforms)
         images = cover.render_platforms(
             get_generator(model), tokens, presets, prompt=prompt_text, seed=sampling.seed,
             settings=sampling_settings(sampling), negative_prompt=negative or None, upscaler=upscaler,
@@ -260,17 +258,10 @@ def settings_for_run(
 
 
 def _platform_names() -> tuple[str, ...]:
-    """Platform presets for the form: the ``presets`` of configs/platforms.yaml.
+    """Platform names for the form: the presets of configs/platforms.yaml and their aliases."""
+    from dalle_core.cover import load_platforms
 
-    Read as YAML here rather than through dalle_core.cover.load_presets, which imports JAX: flow
-    runs on the task-worker route never need it. tests/test_deploy.py checks both agree.
-    """
-    try:
-        data = yaml.safe_load(resources.files("configs").joinpath("platforms.yaml").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        data = None
-    table = data.get("presets") if isinstance(data, dict) else None
-    return tuple(table) if isinstance(table, dict) and table else tuple(nlp_prompt.PLATFORM_CONTEXT)
+    return tuple(load_platforms().names())
 
 
 # Literal choices become enums in the deployment's parameter schema: the UI form shows drop-downs.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "COVERCRAFT_"
 
@@ -84,6 +84,19 @@ class OutputSettings(_Section):
     upscaler: str | None = None
     platforms: list[str] = []
     title_overlay: bool = False
+
+    @field_validator("platforms", mode="before")
+    @classmethod
+    def _known_platforms(cls, value: Any) -> Any:
+        """Preset names of configs/platforms.yaml, aliases resolved; unknown names are refused
+        here, when the settings load, before any work starts."""
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            return value  # pydantic says what is wrong with the type
+        from dalle_core.cover import load_platforms
+
+        return load_platforms().resolve(value)
 
 
 class Settings(_Section):

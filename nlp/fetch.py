@@ -19,6 +19,7 @@ import re
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
@@ -322,15 +323,34 @@ def _pinned(url: httpx.URL, ip: str) -> tuple[httpx.URL, dict[str, str], dict[st
     return url.copy_with(host=ip), {"Host": host_header}, ext
 
 
-def _fetch_url(url: str, settings: FetchSettings) -> Article:
+@dataclass(frozen=True)
+class Download:
+    """A body fetched over http(s): the final URL after redirects, its media type and charset."""
+
+    url: str
+    media_type: str
+    charset: str | None
+    data: bytes
+
+
+_ARTICLE_ACCEPT = "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8,*/*;q=0.1"
+
+
+def download(url: str, settings: FetchSettings, *, media_types: set[str] | None = None,
+             accept: str = _ARTICLE_ACCEPT, what: str = "an HTML page or Markdown/text") -> Download:
+    """GET ``url`` with the address check on every hop (see the module docstring).
+
+    ``media_types``: the types accepted; another declared type is refused before its body is read
+    (``what`` names what was expected, for the message). Limits: ``settings.max_bytes``,
+    ``timeout_total``, ``max_redirects``. Raises :class:`FetchError` (``transient`` for timeouts,
+    connection trouble, 408/425/429 and 5xx), :class:`BlockedAddressError` or
+    :class:`UnsupportedContentError` with a one-line explanation.
+    """
     timeout = httpx.Timeout(
         connect=settings.timeout_connect, read=settings.timeout_read,
         write=settings.timeout_read, pool=settings.timeout_connect,
     )
-    headers = {
-        "User-Agent": settings.user_agent,
-        "Accept": "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8,*/*;q=0.1",
-    }
+    headers = {"User-Agent": settings.user_agent, "Accept": accept}
     current = url
     deadline = time.monotonic() + settings.timeout_total
     verify: bool | ssl.SSLContext = True
@@ -369,10 +389,9 @@ def _fetch_url(url: str, settings: FetchSettings) -> Article:
                         )
                     mtype, charset = _content_type(resp)
                     # Refuse by type before reading a byte of a PDF or an image.
-                    if mtype and mtype not in _HTML_TYPES | _MD_TYPES | _TEXT_TYPES:
+                    if mtype and media_types is not None and mtype not in media_types:
                         raise UnsupportedContentError(
-                            f"{current} is {mtype}, not an HTML page or Markdown/text: "
-                            "pass the URL of the post itself"
+                            f"{current} is {mtype}, not {what}: pass the URL of the post itself"
                         )
                     length = resp.headers.get("content-length")
                     if length and length.isdigit() and int(length) > settings.max_bytes:
@@ -403,12 +422,16 @@ def _fetch_url(url: str, settings: FetchSettings) -> Article:
                     f"could not fetch {current}: {type(err).__name__}: {err}; check the URL and "
                     "that the server is up", transient=True,
                 ) from err
-            data = bytes(body)
-            kind = _kind_for(mtype, target.path, data, current)
-            return _extract(kind, data, charset, current)
+            return Download(current, mtype, charset, bytes(body))
     raise FetchError(
         f"{url} redirected more than {settings.max_redirects} times; pass the final URL of the post"
     )
+
+
+def _fetch_url(url: str, settings: FetchSettings) -> Article:
+    got = download(url, settings, media_types=_HTML_TYPES | _MD_TYPES | _TEXT_TYPES)
+    kind = _kind_for(got.media_type, httpx.URL(got.url).path, got.data, got.url)
+    return _extract(kind, got.data, got.charset, got.url)
 
 
 def fetch_article(source: str, settings: FetchSettings | None = None) -> Article:

@@ -38,6 +38,16 @@ def test_unknown_config_key(tmp_path, capsys):
     assert_no_output(tmp_path / "out")
 
 
+def test_unknown_platform_is_refused_before_any_work(tmp_path, capsys):
+    post = ROOT / "examples" / "red-circle-brand.md"
+    rc = main(["run", str(post), "--platforms", "og,tiktok", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    # One line and nothing before it: the run never started (it would print "covercraft: POST -> OUT").
+    assert rc == 2 and len(err) == 1, err
+    assert "unknown platform(s) 'tiktok'" in err[0] and "og=blog" in err[0]
+    assert_no_output(tmp_path / "out")
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -113,6 +123,16 @@ def test_empty_article(prefect_server, tmp_path, capsys):
     empty.write_text("\n\n   \n")
     rc, line = run_cli(["run", str(empty), "--out", str(tmp_path / "out")], capsys)
     assert rc == 2 and "empty" in line.lower()
+    assert_no_output(tmp_path / "out")
+
+
+def test_login_wall(prefect_server, tmp_path, capsys):
+    wall = tmp_path / "wall.html"
+    wall.write_text("<html><body><h1>Members only</h1><form action='/login'><label>Email "
+                    "<input name='e'></label><button>Sign in to keep reading</button></form>"
+                    "<p>Not a member? Join now.</p></body></html>")
+    rc, line = run_cli(["run", str(wall), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2 and "no article text" in line
     assert_no_output(tmp_path / "out")
 
 

@@ -70,10 +70,18 @@ def test_default_presets_have_the_platform_sizes():
     assert {name: (p.width, p.height) for name, p in presets.items()} == EXPECTED
     assert all(p.outpaint and p.upscale and p.title for p in presets.values())
     assert load_platforms().outpaint.vertical == "down"
-    assert [p.name for p in select_presets("blog, x", presets)] == ["blog", "x"]
-    assert len(select_presets("all", presets)) == len(EXPECTED)
-    with pytest.raises(ValueError, match="unknown platform preset\\(s\\) tiktok; known: blog"):
-        select_presets(["blog", "tiktok"], presets)
+    platforms = load_platforms()
+    assert [p.name for p in select_presets("blog, x", platforms)] == ["blog", "x"]
+    assert len(select_presets("all", platforms)) == len(EXPECTED)
+    with pytest.raises(ValueError, match="unknown platform\\(s\\) 'tiktok'; choose from blog"):
+        select_presets(["blog", "tiktok"], platforms)
+
+
+def test_one_registry_of_names_and_aliases():
+    platforms = load_platforms()
+    assert platforms.aliases == {"og": "blog", "twitter": "x", "instagram": "instagram-square"}
+    assert platforms.resolve("og, twitter,Instagram, blog") == ["blog", "x", "instagram-square"]
+    assert platforms.names()[:len(EXPECTED)] == list(EXPECTED)
 
 
 def test_bad_preset_files_name_the_problem(tmp_path):

@@ -66,9 +66,9 @@ def test_blog_form_schema(applied):
     seed = next(s for s in props["seed"]["anyOf"] if s.get("type") == "integer")
     assert seed["minimum"] == 0
     plat = next(s for s in props["platforms"]["anyOf"] if s.get("type") == "array")
-    from dalle_core.cover import load_presets
+    from dalle_core.cover import load_platforms
 
-    assert plat["items"]["enum"] == list(load_presets())
+    assert plat["items"]["enum"] == load_platforms().names()  # presets and their aliases
     assert next(s for s in props["upscale"]["anyOf"] if s.get("type")) == {"type": "boolean"}
     for name in ("source", "style", "candidates", "seed", "negative_words", "upscale", "platforms"):
         assert props[name].get("description"), f"{name} has no description for the UI form"
@@ -154,6 +154,7 @@ def test_file_server_serves_only_files_under_root(tmp_path):
 
 MANIFEST = {
     "source": "https://b.example/p", "title": "A | B", "prompt": "a red circle", "negative_prompt": "",
+    "article": {"extractor": "trafilatura", "characters": 1200},
     "model": {"name": "tiny", "random_init": True}, "seed": 3,
     "topics": {"extractor": "offline", "merged": [{"phrase": "red circle", "score": 0.9}]},
     "ranking": "clip",
@@ -169,6 +170,7 @@ def test_summary_markdown_and_rows():
     md = artifacts.summary_markdown(MANIFEST, Path("/out/p"), urls)
     assert md.startswith("# A \\| B\n")
     assert "![cover](http://h/files/p/cover.png)" in md
+    assert "**Source:** https://b.example/p (text by trafilatura)" in md
     assert "| 1 | candidate-02.png | 0.3100 | ![candidate-02.png](http://h/files/p/candidate-02.png) |" in md
     assert "| 2 | candidate-01.png | 0.1200 | `/out/p/candidate-01.png` |" in md
     assert "| 0.50 | 2.00 | 2.50 |" in md

@@ -107,10 +107,26 @@ class FeedServer:
 
 
 @pytest.fixture
-def served():
+def served(monkeypatch):
+    """A feed on loopback, which the address check refuses unless fetch.allow_private is set."""
+    monkeypatch.setenv("COVERCRAFT_FETCH__ALLOW_PRIVATE", "true")
     server = FeedServer()
     yield server
     server.close()
+
+
+def test_feeds_go_through_the_address_check(prefect_server, served, monkeypatch):
+    from nlp.errors import BlockedAddressError
+    from nlp.fetch import FetchSettings
+
+    with pytest.raises(BlockedAddressError, match="allow_private"):
+        feed._download(served.url, FetchSettings())
+    monkeypatch.delenv("COVERCRAFT_FETCH__ALLOW_PRIVATE")
+    assert feed.feed_fetch_settings().allow_private is False
+    with pytest.raises(BlockedAddressError):
+        feed.read_feed(served.url)
+    monkeypatch.setenv("COVERCRAFT_FETCH__ALLOW_PRIVATE", "true")
+    assert feed.read_feed(served.url) == []  # the default feed has no items
 
 
 @pytest.fixture
@@ -204,6 +220,70 @@ def test_kill_9_after_run_created(served, target, tmp_path):
     assert [r["status"] for r in json.loads(state.read_text())["posts"].values()] == ["pending", "pending"]
     watch(served, state, deployment)
     assert sorted(r.parameters["source"] for r in runs()) == [served.url.replace("feed.xml", p) for p in ("k1", "k2")]
+
+
+def _end_run(run_id: str, state) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, state, force=True)
+
+
+def test_failed_and_crashed_runs_are_retried_with_backoff_then_given_up(served, target, tmp_path):
+    from prefect.states import Completed, Crashed, Failed
+
+    deployment, runs = target
+    state = tmp_path / "state.json"
+    served.body = rss(("/r1", "R1", "a"), ("/r2", "R2", "b"))
+
+    def tick(backoff=0.0):
+        return feed.watch_feed(feeds=[served.url], state_file=str(state), deployment=deployment,
+                               max_attempts=3, retry_backoff_minutes=backoff)
+
+    assert tick()["submitted"] == 2
+    first = {r.parameters["source"].rsplit("/", 1)[1]: r for r in runs()}
+    _end_run(first["r1"].id, Crashed(message="serve was killed"))  # a killed `serve`
+    _end_run(first["r2"].id, Completed())
+    # Backoff not over yet: the crash is recorded, nothing is started.
+    out = tick(backoff=60)
+    assert (out["retried"], out["submitted"]) == (1, 0)
+    saved = json.loads(state.read_text())["posts"]
+    r1 = saved[served.url.replace("feed.xml", "r1")]
+    assert (r1["status"], r1["attempt"]) == ("pending", 2) and "Crashed" in r1["last_error"].title()
+    assert saved[served.url.replace("feed.xml", "r2")]["status"] == "done"
+    # Backoff over (rewind the clock on the record): attempt 2 gets a run of its own.
+    r1["retry_after"] = "2000-01-01T00:00:00+00:00"
+    state.write_text(json.dumps({"version": 1, "posts": saved}))
+    assert tick()["submitted"] == 1
+    r1_runs = sorted((r for r in runs() if r.parameters["source"].endswith("/r1")), key=lambda r: r.created)
+    assert [r.idempotency_key.rsplit("#", 1)[-1] for r in r1_runs][1] == "2"
+    _end_run(r1_runs[-1].id, Failed(message="bad download"))
+    assert tick()["submitted"] == 1  # attempt 3
+    r1_runs = [r for r in runs() if r.parameters["source"].endswith("/r1")]
+    assert len(r1_runs) == 3
+    latest = max(r1_runs, key=lambda r: r.created)
+    _end_run(latest.id, Failed(message="bad download"))
+    out = tick()
+    assert (out["gave_up"], out["submitted"]) == (1, 0)
+    r1 = json.loads(state.read_text())["posts"][served.url.replace("feed.xml", "r1")]
+    assert r1["status"] == "failed" and "bad download" in r1["last_error"]
+    assert tick()["submitted"] == 0 and len(runs()) == 4  # given up: nothing more
+
+
+def test_a_lost_state_file_does_not_hand_back_a_failed_run(served, target, tmp_path):
+    from prefect.states import Failed
+
+    deployment, runs = target
+    state = tmp_path / "state.json"
+    served.body = rss(("/s1", "S1", "a"))
+    watch(served, state, deployment)
+    (run,) = runs()
+    _end_run(run.id, Failed(message="boom"))
+    state.unlink()  # an operator starts over
+    assert watch(served, state, deployment)["submitted"] == 1
+    assert len(runs()) == 2  # a new attempt, not the failed run handed back by its key
+    rec = json.loads(state.read_text())["posts"][served.url.replace("feed.xml", "s1")]
+    assert (rec["status"], rec["attempt"]) == ("submitted", 2)
 
 
 def test_second_watcher_skips_while_locked(served, target, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +139,53 @@ def test_tokenizer_json_gives_the_same_ids(checkpoint, tmp_path):
     texts = ["a red cat", "Blue  BLUE", "zzz"]
     for a, b in zip(slow(texts), fast(texts), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+UNSEEN = ["an icon of a fox", "sushi on black", "illustration: droplet", "寿司 🍣 on navy",
+          "\x00\x00\x00", "café 1234 ½"]
+EMBEDDED_CLIP = Path(__file__).resolve().parents[1] / "dalle_core" / "embedded" / "clip"
+
+
+def _layouts(checkpoint, tmp_path):
+    """Every tokenizer layout we read: CLIP's vocab.json + merges.txt, a tokenizer.json, one
+    whose model lacks its unknown token (what a small trained vocabulary writes), and the
+    embedded model's shipped folder."""
+    json_dir, no_unk = tmp_path / "json", tmp_path / "no_unk"
+    json_dir.mkdir(), no_unk.mkdir()
+    load_clip_tokenizer(checkpoint).backend.save(str(json_dir / "tokenizer.json"))
+    state = json.loads((json_dir / "tokenizer.json").read_text())
+    del state["model"]["vocab"]["<|endoftext|>"]
+    state["added_tokens"].append({"id": VOCAB["<|endoftext|>"], "content": "<|endoftext|>",
+                                  "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True})
+    (no_unk / "tokenizer.json").write_text(json.dumps(state))
+    return {"vocab+merges": load_clip_tokenizer(checkpoint),
+            "tokenizer.json": load_clip_tokenizer(json_dir, max_length=8),
+            "unk not in vocab": load_clip_tokenizer(no_unk, max_length=8),
+            "embedded": load_clip_tokenizer(EMBEDDED_CLIP)}
+
+
+def test_unseen_characters_are_dropped_never_fatal(checkpoint, tmp_path):
+    for name, tok in _layouts(checkpoint, tmp_path).items():
+        eos = tok.backend.token_to_id("<|endoftext|>")
+        ids, mask = tok(UNSEEN)
+        assert ids.shape == (len(UNSEEN), tok.max_length), name
+        for row, m in zip(ids, mask, strict=True):
+            n = int(m.sum())
+            # one end-of-text, after the text: an unseen character never cuts the prompt short
+            assert row[n - 1] == eos and (row[1:n - 1] != eos).all(), (name, row)
+    # Known words keep their ids around the dropped character.
+    tok = load_clip_tokenizer(checkpoint)
+    assert tok(["red 7 blue"])[0][0, :4].tolist() == [
+        VOCAB["<|startoftext|>"], VOCAB["red</w>"], VOCAB["blue</w>"], VOCAB["<|endoftext|>"]]
+
+
+def test_embedded_ranker_scores_prompts_with_unseen_characters():
+    ranker = Ranker.from_pretrained(EMBEDDED_CLIP)
+    size = ranker.cfg.vision.image_size
+    images = np.zeros((2, size, size, 3), np.uint8)
+    scores = ranker.scores(images, "an icon of a fox on black")
+    assert np.isfinite(np.asarray(scores)).all()
 
 
 def test_tokenizer_missing_files(tmp_path):

@@ -275,6 +275,36 @@ def test_json_to_a_multipart_route_is_415(server):
     assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "\x00\x00\x00"}, "prompt"),
+    ({"prompt": "\u200b\u200e\x07 \t"}, "prompt"),
+    ({"prompt": "x", "n": True}, "n"),
+    ({"prompt": "x", "n": "3"}, "n"),
+    ({"prompt": "x", "seed": 1.5}, "seed"),
+])
+def test_raw_json_that_a_lax_parser_would_accept_is_refused(server, body, param):
+    resp = httpx.post(server.base_url + "/v1/images/generations", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+
+
+def test_null_body_and_chunked_oversized_body(server):
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    resp = httpx.post(server.base_url + "/v1/images/generations", content=b"null", headers=auth)
+    assert resp.status_code == 400
+    assert "empty or null" in resp.json()["error"]["message"] and "None" not in resp.text
+
+    def chunks():  # no Content-Length: the cap must count the bytes as they arrive
+        yield b'{"prompt": "'
+        for _ in range(4 * UPLOAD_CAP // 4096):
+            yield b"x" * 4096
+        yield b'"}'
+
+    resp = httpx.post(server.base_url + "/v1/images/generations", content=chunks(), headers=auth)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+
+
 def test_unknown_and_expired_urls_are_404(server):
     resp = httpx.get(server.base_url + "/v1/images/files/not-an-image.png")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "image_expired"

@@ -208,10 +208,12 @@ class RecordingGenerator:
 
     def __init__(self):
         self.calls = []
+        self.settings = []
 
     def sample_tokens(self, prompts, n, seed, settings, negative_prompt=None, forced_tokens=None,
                       forced_mask=None, progress=None):
         self.calls.append((list(prompts), seed))
+        self.settings.append(settings)
         rows = np.arange(len(prompts), dtype=np.int32)[:, None, None, None]
         return np.broadcast_to(rows + 100 * seed, (len(prompts), n, 2, 2)).copy()
 
@@ -234,6 +236,22 @@ def test_engine_splits_large_requests_and_pads_calls(fixed, padded):
     assert result.tokens[:, 0, 0].tolist() == [500, 501, 502, 503, 600, 601]
     assert result.images.shape == (6, 4, 4, 3)
     assert engine.shapes() == ([4] if fixed else [1, 2, 4])
+
+
+def test_warm_up_compiles_with_the_settings_a_plain_request_gets():
+    from types import SimpleNamespace
+
+    from flows.service.api import ImageRequest, sampling_for
+    from flows.service.engine import ImageEngine
+    from flows.settings import load_settings
+
+    state = SimpleNamespace(settings=load_settings())
+    plain = sampling_for(state, ImageRequest(prompt="a red circle"))
+    assert sampling_for(state) == plain
+    assert (plain.condition_scale, plain.top_k) == (1.0, 2)  # the configured defaults
+    gen = RecordingGenerator()
+    ImageEngine(gen, max_batch=2, fixed=False).warm_up(sampling_for(state))
+    assert gen.settings and all(s == plain for s in gen.settings)
 
 
 def test_seeded_requests_never_share_a_batch_unseeded_ones_do():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,21 @@ def test_missing_tokenizer_files(tmp_path):
         T.TextTokenizer.from_folder(tmp_path)
     with pytest.raises(ValueError, match="too small"):
         T.build_fallback_tokenizer(100)
+
+
+@pytest.mark.parametrize("layout", ["embedded", "unk not in vocab"])
+def test_unseen_characters_never_fail(layout, tmp_path):
+    folder = Path(__file__).resolve().parents[1] / "dalle_core" / "embedded" / "dalle"
+    if layout == "unk not in vocab":
+        state = json.loads((folder / "tokenizer.json").read_text())
+        state["model"]["vocab"] = {k: v for k, v in state["model"]["vocab"].items()
+                                   if len(k) == 1 and k.isalpha() or k.startswith("<")}
+        state["model"]["vocab"].pop("<unk>", None)
+        state["model"]["merges"] = []
+        (tmp_path / "tokenizer.json").write_text(json.dumps(state))
+        folder = tmp_path
+    tok = T.TextTokenizer.from_folder(folder, max_length=24)
+    out = tok(["an icon of a fox", "寿司 🍣 on navy", "\x00\x00", "café 1234 ½"])
+    n = out["attention_mask"].sum(axis=1)
+    assert (out["input_ids"][:, 0] == tok.bos_id).all()
+    assert all(row[k - 1] == tok.eos_id for row, k in zip(out["input_ids"], n, strict=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+import unicodedata
 from typing import Any, Literal
 
 import anyio
@@ -61,6 +62,9 @@ class _ImageOutput(_Request):
 
 
 class GenerationRequest(SamplingExtras, _ImageOutput):
+    # A JSON body: numbers must be numbers ("n": true or "n": "3" is refused, as OpenAI does).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     prompt: str = Field(..., min_length=1, max_length=1000)
     # Accepted for compatibility with clients that always send them; only PNG is produced.
     quality: str | None = None
@@ -72,7 +76,11 @@ class VariationForm(_Sampling, _ImageOutput):
 
 
 class EditForm(GenerationRequest):
-    """Multipart fields of /v1/images/edits besides the image and the mask: a generation's fields."""
+    """Multipart fields of /v1/images/edits besides the image and the mask: a generation's fields.
+
+    Form fields arrive as text, so "3" is read as the number 3 here."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
 
 
 class ImageData(BaseModel):
@@ -91,15 +99,25 @@ def state_of(request: Request) -> ServiceState:
 
 
 # -- prompts and sampling settings ---------------------------------------------------------------
+def visible_text(text: str) -> str:
+    """``text`` without control and format characters (NUL, escape codes, zero-width marks) and
+    with whitespace runs collapsed: what a prompt says to a reader."""
+    kept = "".join(" " if c.isspace() else c for c in text
+                   if c.isspace() or unicodedata.category(c)[0] != "C")
+    return " ".join(kept.split())
+
+
 def prepare_prompt(state: ServiceState, prompt: str, style: str | None, negative: str | None) -> tuple[str, str | None]:
     """(prompt for the model with the style's words, negative prompt); moderation applied."""
     from nlp.errors import ModerationError
     from nlp.prompt import STYLE_PRESETS, moderate, normalise_style
 
-    prompt = " ".join(prompt.split())
+    prompt = visible_text(prompt)
     if not prompt:
-        raise APIError(400, "'prompt' is empty; describe the image you want.", param="prompt", code="invalid_value")
-    negatives = [negative.strip()] if negative and negative.strip() else []
+        raise APIError(400, "'prompt' has no visible text; describe the image you want.", param="prompt",
+                       code="invalid_value")
+    negative = visible_text(negative or "")
+    negatives = [negative] if negative else []
     if style and style.lower() not in OPENAI_STYLES:
         try:
             preset = STYLE_PRESETS[normalise_style(style)]
@@ -114,18 +132,23 @@ def prepare_prompt(state: ServiceState, prompt: str, style: str | None, negative
     return prompt, (", ".join(negatives) or None)
 
 
-def sampling_for(state: ServiceState, body: BaseModel):
-    """The request's sampling settings: its extras over the configured defaults."""
+def sampling_for(state: ServiceState, body: BaseModel | None = None):
+    """The request's sampling settings: its extras over the configured defaults (``body=None``:
+    the defaults alone, what a request without extras gets)."""
     from dalle_core.types import SamplingSettings
 
     cfg = state.settings.sampling
-    top_k = body.top_k if body.top_k is not None else cfg.top_k
-    top_p = body.top_p if body.top_p is not None else cfg.top_p
+
+    def pick(name: str):
+        value = getattr(body, name, None)
+        return value if value is not None else getattr(cfg, name)
+
+    top_k, top_p = pick("top_k"), pick("top_p")
     return SamplingSettings(
-        condition_scale=body.condition_scale if body.condition_scale is not None else cfg.condition_scale,
+        condition_scale=pick("condition_scale"),
         top_k=top_k or None,
         top_p=None if top_p is None or top_p >= 1.0 else top_p,
-        temperature=body.temperature if body.temperature is not None else cfg.temperature,
+        temperature=pick("temperature"),
     )
 
 

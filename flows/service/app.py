@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from flows.service import errors
 from flows.service.api import router as images_router
+from flows.service.api import sampling_for
 from flows.service.auth import KeyChecker
 from flows.service.batching import BatchQueue
 from flows.service.engine import ImageEngine
@@ -72,7 +73,7 @@ def create_app(
         engine = ImageEngine(gen, service.queue.max_batch, fixed=service.queue.fixed_batch)
         if warm_up:
             log.info("compiling the sampling and decoding shapes")
-            await anyio.to_thread.run_sync(engine.warm_up)
+            await anyio.to_thread.run_sync(engine.warm_up, sampling_for(state))
         q = service.queue
         state.engine = engine
         state.queue = BatchQueue(engine.run_batch, max_pending=q.max_pending, max_batch=q.max_batch,

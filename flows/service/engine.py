@@ -99,11 +99,13 @@ class ImageEngine:
             return [self.pad_to]
         return [1 << k for k in range(_bucket(self.max_batch).bit_length())]
 
-    def warm_up(self) -> None:
-        """Compile every sampling, forced sampling and decoding shape, and encoding, before serving."""
-        from dalle_core.types import SamplingSettings
+    def warm_up(self, settings) -> None:
+        """Compile every sampling, forced sampling and decoding shape, and encoding, before serving.
 
-        settings = SamplingSettings()
+        ``settings`` are the sampling settings a request without extras gets (the service's
+        configured defaults): guidance on or off is a different program, so warming up with other
+        settings would leave the first real request to compile again.
+        """
         codes = np.asarray(self.generator.encode(np.zeros((1, self.resolution, self.resolution, 3), np.uint8)))
         for rows in self.shapes():
             tokens = np.asarray(self.generator.sample_tokens([""] * rows, n=1, seed=0, settings=settings))[:, 0]

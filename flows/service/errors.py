@@ -59,6 +59,8 @@ def _param_of(loc: tuple) -> str | None:
 
 def _validation_message(first: dict, param: str | None) -> str:
     msg = first.get("msg", "invalid value")
+    if first.get("type") == "missing" and param is None:
+        return "The request body is empty or null; send a JSON object with the request's fields."
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'."
     if first.get("type") == "extra_forbidden":

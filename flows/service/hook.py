@@ -40,9 +40,6 @@ from flows.service.errors import APIError
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-# Names people use for presets in configs/platforms.yaml.
-PLATFORM_ALIASES = {"instagram": "instagram-square", "og": "blog", "twitter": "x"}
-
 
 class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -60,14 +57,12 @@ class PublishRequest(BaseModel):
 
 # -- platforms -----------------------------------------------------------------------------------
 def platform_presets() -> dict[str, Any]:
-    """Preset name → dalle_core.cover.PlatformPreset (configs/platforms.yaml), aliases included."""
+    """Every name the hook accepts → dalle_core.cover.PlatformPreset: the presets of
+    configs/platforms.yaml and their aliases there."""
     from dalle_core import cover
 
-    presets = dict(cover.load_presets())
-    for alias, name in PLATFORM_ALIASES.items():
-        if name in presets and alias not in presets:
-            presets[alias] = presets[name]
-    return presets
+    platforms = cover.load_platforms()
+    return {name: platforms.presets[platforms.resolve([name])[0]] for name in platforms.names()}
 
 
 def platform_sizes() -> dict[str, tuple[int, int]]:
@@ -112,12 +107,14 @@ class PublishHook:
                            "(service.hook.max_text_chars).", param="text", code="invalid_value")
         if body.url and not re.match(r"^https?://", body.url.strip(), re.I):
             raise APIError(400, f"'url' must be an http(s) URL, got {body.url!r}.", param="url", code="invalid_value")
+        from dalle_core import cover
+
+        try:
+            cover.load_platforms().resolve(body.platforms)
+        except ValueError as err:
+            raise APIError(400, f"Invalid value for 'platforms': {err}.", param="platforms",
+                           code="invalid_value") from None
         known = platform_presets()
-        unknown = [p for p in body.platforms if p not in known]
-        if unknown:
-            raise APIError(400, f"Unknown platform(s) {', '.join(map(repr, unknown))}; choose from "
-                           f"{', '.join(sorted(known))} (configs/platforms.yaml).", param="platforms",
-                           code="invalid_value")
         if body.style:
             from nlp.prompt import normalise_style
 

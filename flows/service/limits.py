@@ -27,19 +27,27 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
         seen = 0
-        started = False
+        started = too_large = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    too_large = True
                     raise BodyTooLarge()
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if too_large:
+                # The route caught the error while reading the body (FastAPI answers any body
+                # read error with 400): answer 413 instead of what it says.
+                if not started:
+                    started = True
+                    await self._refuse(send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

@@ -98,6 +98,7 @@ class DeployConfig(_Section):
     files: FilesConfig = FilesConfig()
     feeds: FeedsConfig = FeedsConfig()
     work_pool: WorkPoolConfig = WorkPoolConfig()
+    api_wait: float = Field(120.0, ge=0, le=3600)
 
     @property
     def blog_deployment(self) -> str:
@@ -360,28 +361,46 @@ class WorkerProcess:
 # ---------------------------------------------------------------- serve
 
 
-def _require_api() -> str:
+def _require_api(wait: float = 0.0) -> str:
+    """The Prefect API URL, once the API answers.
+
+    Services start in any order (systemd, compose): for up to ``wait`` seconds an unreachable API
+    (or one still answering 5xx while it starts) is retried with a growing pause and one log line
+    per try; after that, one error line says what to check.
+    """
+    import httpx
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
         raise ConfigError("PREFECT_API_URL is not set; start `prefect server start` and "
                           "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (or point it at your server)")
-    import httpx
-
-    try:  # reachability only: a Prefect Cloud URL may answer 401 here without a key, that is fine
-        httpx.get(url.rstrip("/") + "/health", timeout=10)
-    except httpx.TransportError as err:
-        raise ConfigError(f"cannot reach the Prefect API at {url} ({type(err).__name__}); "
-                          "is `prefect server start` running, and is PREFECT_API_URL right?") from None
-    return url
+    deadline = time.monotonic() + wait
+    pause, attempt = 1.0, 1
+    while True:
+        try:  # reachability only: a Prefect Cloud URL may answer 401 here without a key, that is fine
+            resp = httpx.get(url.rstrip("/") + "/health", timeout=10)
+            if resp.status_code < 500:
+                return url
+            problem = f"HTTP {resp.status_code}"
+        except httpx.TransportError as err:
+            problem = type(err).__name__
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waited = f" after waiting {wait:g} s" if wait else ""
+            raise ConfigError(f"cannot reach the Prefect API at {url} ({problem}){waited}; "
+                              "is `prefect server start` running, and is PREFECT_API_URL right?")
+        log.info("waiting for the Prefect API at %s (%s; try %d, next in %.0f s, giving up in %.0f s)",
+                 url, problem, attempt, min(pause, left), left)
+        time.sleep(min(pause, left))
+        pause, attempt = min(pause * 2, 15.0), attempt + 1
 
 
 def prepare(cfg: DeployConfig, config_file: str | None = None, start_worker: bool = True) -> dict[str, Any]:
     """Everything ``serve`` sets up before serving; returns handles to close (see ``shutdown``)."""
     from flows.settings import load_settings
 
-    _require_api()
+    _require_api(cfg.api_wait)
     settings = load_settings(config_file)  # fail fast on a bad pipeline config
     out_dir = settings.output.dir.expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -449,7 +468,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = load_deploy_config(args.deploy_config)
-    _require_api()
+    _require_api(cfg.api_wait)
     os.environ.setdefault(worker.LIMIT_ENV, cfg.concurrency.name)
     os.environ.setdefault(worker.LIMIT_TIMEOUT_ENV, str(cfg.concurrency.slot_timeout))
     ensure_concurrency_limit(cfg.concurrency.name, cfg.concurrency.limit)
@@ -465,7 +484,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from flows.feed import watch_feed
 
     cfg = load_deploy_config(args.deploy_config)
-    _require_api()  # runs are created on the server that serves the blog-to-images deployment
+    _require_api(cfg.api_wait)  # runs are created on the server that serves the blog-to-images deployment
     urls = list(args.feed or cfg.feeds.urls)
     if not urls:
         raise ConfigError("no feeds: pass --feed URL or set feeds.urls in the deploy config")

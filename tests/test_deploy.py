@@ -362,3 +362,47 @@ def test_every_task_sent_to_the_worker_is_served_by_it():
     assert {"generate_images", "rank_images", "describe_model"} <= routed
     served = {t.fn.__name__ for t in worker.model_tasks()}
     assert routed <= served, f"not served by the task worker: {routed - served}"
+
+
+def test_serve_waits_for_a_late_api_then_gives_up_in_one_line(monkeypatch, caplog):
+    """Services start in any order: the API that comes up 1.5 s late is waited for; one that never
+    comes up ends in one error line after the configured wait."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    def start_late():
+        time.sleep(1.5)
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Health)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        started.append(httpd)
+
+    started: list = []
+    with temporary_settings({PREFECT_API_URL: url}):
+        with pytest.raises(ConfigError, match=r"cannot reach the Prefect API .* after waiting 1 s"):
+            deploy._require_api(wait=1)
+        late = threading.Thread(target=start_late)
+        late.start()
+        caplog.set_level("INFO", logger="flows.deploy")
+        t0 = time.monotonic()
+        assert deploy._require_api(wait=30) == url
+        assert 1.4 < time.monotonic() - t0 < 10
+        assert "waiting for the Prefect API" in caplog.text
+    late.join()
+    started[0].shutdown()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
+import uuid
 from pathlib import Path
 
 import httpx
@@ -175,3 +177,44 @@ def test_async_with_an_unknown_deployment_is_a_clear_error(prefect_server, gener
                           headers=AUTH, timeout=60)
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "deployment_not_found"
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_async_without_a_prefect_server_is_refused_not_improvised(generator, tmp_path, monkeypatch):
+    """No PREFECT_API_URL: a clear 503, and no temporary Prefect server started behind our back."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.service.app
+    import flows.service.hook
+    from flows.settings import ConfigError
+
+    # The service answers from its own thread, which does not see a temporary_settings context
+    # (a context variable), so the setting is read through the function the service calls.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        unset = flows.service.hook.prefect_api_url()
+    assert unset is None
+    monkeypatch.setattr(flows.service.hook, "prefect_api_url", lambda: unset)
+    monkeypatch.setattr(flows.service.app, "prefect_api_url", lambda: unset)
+    before = _children()
+    with running(_app(generator, tmp_path)) as srv:
+        resp = httpx.post(srv.base_url + "/v1/hooks/publish", headers=AUTH, timeout=60,
+                          json={"url": "https://example.com/p", "mode": "async"})
+        status = httpx.get(srv.base_url + f"/v1/hooks/publish/{uuid.uuid4()}", headers=AUTH, timeout=60)
+    assert resp.status_code == 503 and status.status_code == 503
+    assert resp.json()["error"]["code"] == "orchestrator_not_configured"
+    assert "PREFECT_API_URL" in resp.json()["error"]["message"]
+    assert _children() <= before
+    with pytest.raises(ConfigError, match="default_mode is async but PREFECT_API_URL is not set"):
+        _app(generator, tmp_path, default_mode="async")

@@ -22,7 +22,7 @@ from flows.service.api import sampling_for
 from flows.service.auth import KeyChecker
 from flows.service.batching import BatchQueue
 from flows.service.engine import ImageEngine
-from flows.service.hook import PublishHook
+from flows.service.hook import PublishHook, prefect_api_url
 from flows.service.hook import router as hook_router
 from flows.service.limits import BodyLimit
 from flows.service.settings import ServiceSettings
@@ -53,6 +53,11 @@ def create_app(
         raise ConfigError(
             f"no API keys configured: set {service.api_keys_env}=key1[,key2...] "
             "(or service.require_auth: false for local experiments)"
+        )
+    if service.hook.default_mode == "async" and not prefect_api_url():
+        raise ConfigError(
+            "service.hook.default_mode is async but PREFECT_API_URL is not set: point it at the "
+            "Prefect server that serves the blog-to-images deployment, or use default_mode: sync"
         )
 
     state = ServiceState(

@@ -286,6 +286,7 @@ class PublishHook:
     async def publish_async(self, body: PublishRequest, key: str, platforms: dict[str, Any]) -> dict[str, Any]:
         from prefect.deployments import arun_deployment
 
+        require_prefect_api()
         source = body.url.strip() if body.url else await anyio.to_thread.run_sync(self.spool_text, body, key)
         # The flow takes preset names (aliases such as "instagram" resolved).
         presets = list(dict.fromkeys(p.name for p in platforms.values()))
@@ -326,6 +327,7 @@ class PublishHook:
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
+        require_prefect_api()
         async with get_client() as client:
             try:
                 run = await client.read_flow_run(flow_run_id)
@@ -344,6 +346,22 @@ class PublishHook:
                 out["result"] = None
                 out["result_error"] = f"{type(err).__name__}: {err}"
         return out
+
+
+def prefect_api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def require_prefect_api() -> None:
+    """Async publishing runs on a Prefect server. Without ``PREFECT_API_URL`` the Prefect client
+    would start a temporary server of its own, which no worker serves and which outlives the
+    service; refuse instead."""
+    if not prefect_api_url():
+        raise APIError(503, "Async publishing needs a Prefect server: set PREFECT_API_URL for the "
+                       "service (runs of service.hook.deployment start there), or send mode: sync.",
+                       type="server_error", code="orchestrator_not_configured")
 
 
 def _hook(request: Request) -> PublishHook:

@@ -180,7 +180,7 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
         description="A blog post in, ranked cover images out. Start a Custom run and fill in the source.",
         parameters=form_defaults(config_file),
     )
-    out = [blog]
+    out = [_closed(blog)]
     feeds = cfg.feeds
     if feeds.urls:
         from prefect.schedules import Cron, Interval
@@ -194,7 +194,7 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
         parameters = dict(feeds.parameters)
         if config_file:
             parameters.setdefault("config_file", config_file)
-        out.append(watch_feed.to_deployment(
+        out.append(_closed(watch_feed.to_deployment(
             name=cfg.deployments.watch_feed,
             entrypoint_type=module,
             tags=tags,
@@ -209,8 +209,22 @@ def build_deployments(cfg: DeployConfig, config_file: str | None = None) -> list
                 "retry_backoff_minutes": feeds.retry_backoff_minutes,
             },
             schedule=schedule,
-        ))
+        )))
     return out
+
+
+def _closed(deployment):
+    """The deployment with ``additionalProperties: false`` in its parameter schema, so the server
+    refuses a run with an unknown parameter when it is created (it would crash when it starts)."""
+    from prefect.utilities.callables import ParameterSchema
+    from pydantic import ConfigDict
+
+    class ClosedSchema(ParameterSchema):
+        model_config = ConfigDict(extra="allow")
+
+    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+    deployment._parameter_openapi_schema = ClosedSchema(**schema, additionalProperties=False)
+    return deployment
 
 
 def ensure_concurrency_limit(name: str, limit: int) -> bool:

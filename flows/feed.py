@@ -476,15 +476,27 @@ def _follow_runs(state: FeedState, retry: RetryPolicy, logger) -> tuple[int, int
 
 @flow(name="watch-feed", log_prints=False)
 def watch_feed(
-    feeds: Annotated[list[str], Field(min_length=1, description="RSS/Atom feed or sitemap URLs to watch")],
-    state_file: Annotated[str, Field(description="JSON file holding which post versions were already submitted")],
-    deployment: Annotated[str, Field(description="deployment started once per new or changed post")] = DEFAULT_DEPLOYMENT,
-    parameters: Annotated[dict[str, Any] | None, Field(description="extra parameters for each started run")] = None,
-    max_new_runs: Annotated[int, Field(ge=1, le=1000, description="runs started per tick at most; the rest wait")] = 50,
-    max_attempts: Annotated[int, Field(ge=1, le=20, description="runs per post version at most: a failed or crashed run is started again until then")] = 3,
-    retry_backoff_minutes: Annotated[float, Field(ge=0, le=10080, description="wait before the first retry of a failed post; doubles after each further failure")] = 10.0,
+    feeds: Annotated[list[str], Field(min_length=1)],
+    state_file: str,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    parameters: dict[str, Any] | None = None,
+    max_new_runs: Annotated[int, Field(ge=1, le=1000)] = 50,
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3,
+    retry_backoff_minutes: Annotated[float, Field(ge=0, le=10080)] = 10.0,
 ) -> dict[str, Any]:
     """Start one blog-to-images run per post that is new or whose content changed since the last
-    tick, and start failed or crashed runs again (with backoff) until ``max_attempts``."""
+    tick, and start failed or crashed runs again (with backoff) until ``max_attempts``.
+
+    The Args below are the descriptions the Prefect UI shows in the run form.
+
+    Args:
+        feeds: RSS/Atom feed or sitemap URLs to watch.
+        state_file: JSON file on the worker holding which post versions were already submitted.
+        deployment: The deployment started once per new or changed post ("flow/deployment").
+        parameters: Extra parameters for each started run, e.g. {"style": "watercolor"}.
+        max_new_runs: Runs started per tick at most; the rest wait for the next tick.
+        max_attempts: Runs per post version at most: a failed or crashed run is started again until then.
+        retry_backoff_minutes: Wait before the first retry of a failed post; doubles after each further failure.
+    """
     retry = RetryPolicy(max_attempts=max_attempts, backoff_seconds=retry_backoff_minutes * 60)
     return watch_once(feeds, state_file, deployment, parameters, max_new_runs, retry)

@@ -244,17 +244,20 @@ def settings_for_run(
 ) -> Settings:
     """Config files and environment, then the run's own parameters on top."""
     mine: dict[str, Any] = {}
-    for section, key, value in (
-        ("prompt", "style", style),
-        ("sampling", "candidates", candidates),
-        ("sampling", "seed", seed),
-        ("prompt", "negative_words", negative_words),
-        ("output", "upscale", upscale),
-        ("output", "platforms", platforms),
+    labels: dict[tuple[str, ...], str] = {}
+    for name, section, key, value in (
+        ("style", "prompt", "style", style),
+        ("candidates", "sampling", "candidates", candidates),
+        ("seed", "sampling", "seed", seed),
+        ("negative_words", "prompt", "negative_words", negative_words),
+        ("upscale", "output", "upscale", upscale),
+        ("platforms", "output", "platforms", platforms),
     ):
         if value is not None:
             mine.setdefault(section, {})[key] = value
-    return load_settings(config_file, deep_merge(overrides or {}, mine))
+            labels[(section, key)] = f"the run's parameter '{name}'"
+    return load_settings(config_file, deep_merge(overrides or {}, mine),
+                         overrides_label="the run's parameter 'overrides'", labels=labels)
 
 
 def _platform_names() -> tuple[str, ...]:

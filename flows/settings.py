@@ -151,9 +151,32 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-def _describe(err: ValidationError, origin: str) -> str:
+def _holds(data: Mapping[str, Any], path: tuple) -> bool:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _describe(err: ValidationError, layers: list[tuple[str, Mapping[str, Any]]],
+              labels: Mapping[tuple[str, ...], str] | None = None) -> str:
+    """One line for the first error, naming where the bad key came from: the highest layer that
+    sets it (``labels`` can name single keys, e.g. a run parameter)."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    path = tuple(str(p) for p in first["loc"])
+    key = ".".join(path)
+    origin = layers[0][0]
+    # The highest layer that sets the key (or, for an item of a list, the list) is where it came from.
+    shortest = min(len(path), 2)
+    for label, data in layers:
+        if any(_holds(data, path[:n]) for n in range(shortest, len(path) + 1)):
+            origin = label
+    for n in range(len(path), 0, -1):
+        if labels and path[:n] in labels:
+            origin = labels[path[:n]]
+            break
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}' ({origin}); check the spelling against configs/default.yaml"
     return f"invalid config value for '{key}': {first['msg']} ({origin})"
@@ -163,23 +186,30 @@ def load_settings(
     config_file: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    overrides_label: str = "command-line flags",
+    labels: Mapping[tuple[str, ...], str] | None = None,
 ) -> Settings:
-    """Build the typed settings from the layers, lowest priority first."""
+    """Build the typed settings from the layers, lowest priority first.
+
+    An invalid value is reported with the layer it came from (``overrides_label`` for
+    ``overrides``; ``labels`` names single keys more precisely, e.g. a flow run's parameter).
+    """
     data = _read_yaml(default_config_text(), "configs/default.yaml")
-    origin = "configs/default.yaml"
+    layers: list[tuple[str, Mapping[str, Any]]] = [("configs/default.yaml", data)]
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = deep_merge(data, _read_yaml(path.read_text(encoding="utf-8"), str(path)))
-        origin = str(path)
+        layers.append((str(path), _read_yaml(path.read_text(encoding="utf-8"), str(path))))
     env = env_overrides(environ)
     if env:
-        data = deep_merge(data, env)
-        origin += " + COVERCRAFT_* environment"
+        layers.append(("COVERCRAFT_* environment", env))
     if overrides:
-        data = deep_merge(data, overrides)
+        layers.append((overrides_label, overrides))
+    for _, layer in layers[1:]:
+        data = deep_merge(data, layer)
     try:
         return Settings.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, origin)) from None
+        raise ConfigError(_describe(err, layers, labels)) from None

@@ -95,6 +95,7 @@ def test_server_rejects_out_of_bounds_form_values(applied):
     with get_client(sync_client=True) as client:
         for bad in ({"source": "https://b.example/p", "candidates": 0},
                     {"source": "https://b.example/p", "style": "crayon"},
+                    {"source": "https://b.example/p", "candidate": 2},  # a misspelt parameter
                     {"style": "photo"}):
             with pytest.raises(Exception, match="422|[Vv]alidation"):
                 client.create_flow_run_from_deployment(dep.id, parameters=bad)
@@ -112,6 +113,9 @@ def test_watch_feed_deployment_from_config(applied):
     assert dep.parameters["parameters"] == {"style": "watercolor"}
     assert Path(dep.parameters["state_file"]).is_absolute()
     assert dep.parameter_openapi_schema["required"] == ["feeds", "state_file"]
+    assert dep.parameter_openapi_schema["additionalProperties"] is False
+    for name, prop in dep.parameter_openapi_schema["properties"].items():
+        assert prop.get("description"), f"watch-feed's {name} has no description for the UI form"
 
 
 def test_concurrency_limit_created_once_and_strict(prefect_server, monkeypatch):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,26 @@ def test_api_key_only_from_environment(monkeypatch):
     assert Settings().llm.api_key == "sk-test"
     with pytest.raises(ConfigError, match="unknown config key 'llm.api_key'"):
         load_settings(overrides={"llm": {"api_key": "x"}}, environ={})
+
+
+def test_errors_name_the_layer_and_the_run_parameter_that_set_the_bad_value(tmp_path):
+    from flows.pipeline import settings_for_run
+
+    cases = [
+        (dict(candidates=0), "'sampling.candidates'", "the run's parameter 'candidates'"),
+        (dict(platforms=["tiktok"]), "'output.platforms'", "the run's parameter 'platforms'"),
+        (dict(overrides={"sampling": {"top_k": -3}}), "'sampling.top_k'", "the run's parameter 'overrides'"),
+        (dict(overrides={"samplng": {"x": 1}}), "'samplng'", "the run's parameter 'overrides'"),
+    ]
+    for kwargs, key, origin in cases:
+        with pytest.raises(ConfigError) as err:
+            settings_for_run(**kwargs)
+        assert key in str(err.value) and f"({origin})" in str(err.value), err.value
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sampling:\n  candidates: 0\n")
+    with pytest.raises(ConfigError, match=rf"\({re.escape(str(cfg))}\)"):
+        load_settings(cfg)
+    with pytest.raises(ConfigError, match=r"\(COVERCRAFT_\* environment\)"):
+        load_settings(environ={"COVERCRAFT_SAMPLING__CANDIDATES": "0"})
+    with pytest.raises(ConfigError, match=r"\(command-line flags\)"):
+        load_settings(overrides={"sampling": {"candidates": 0}}, environ={})

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flows import artifacts, worker
+from flows.recovery import RecoveryConfig, ensure_crashed_runs_automation
 from flows.settings import ENV_PREFIX, ConfigError, _read_yaml, deep_merge
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class DeployConfig(_Section):
     files: FilesConfig = FilesConfig()
     feeds: FeedsConfig = FeedsConfig()
     work_pool: WorkPoolConfig = WorkPoolConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     api_wait: float = Field(120.0, ge=0, le=3600)
 
     @property
@@ -423,6 +425,9 @@ def prepare(cfg: DeployConfig, config_file: str | None = None, start_worker: boo
     os.environ[worker.LIMIT_ENV] = cfg.concurrency.name
     os.environ[worker.LIMIT_TIMEOUT_ENV] = str(cfg.concurrency.slot_timeout)
     ensure_concurrency_limit(cfg.concurrency.name, cfg.concurrency.limit)
+    # Flow runs send heartbeats; the server marks a run whose heartbeats stop Crashed.
+    os.environ.update(cfg.recovery.environment())
+    ensure_crashed_runs_automation(cfg.recovery)
 
     handles: dict[str, Any] = {"output_dir": out_dir}
     if cfg.files.enabled:
@@ -485,7 +490,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _require_api(cfg.api_wait)
     os.environ.setdefault(worker.LIMIT_ENV, cfg.concurrency.name)
     os.environ.setdefault(worker.LIMIT_TIMEOUT_ENV, str(cfg.concurrency.slot_timeout))
+    for name, value in cfg.recovery.environment().items():
+        os.environ.setdefault(name, value)
     ensure_concurrency_limit(cfg.concurrency.name, cfg.concurrency.limit)
+    ensure_crashed_runs_automation(cfg.recovery)
     argv = ["--limit", str(args.limit or cfg.worker.limit)]
     if cfg.worker.warm:
         argv.append("--warm")

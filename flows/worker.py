@@ -16,7 +16,8 @@ The route is chosen by the environment, which ``covercraft serve`` sets for its 
 - unset or ``inline``: run in the flow's own process (``covercraft run``, tests).
 
 ``COVERCRAFT_GENERATION_LIMIT`` names the Prefect global concurrency limit taken, strictly, around
-each generation, wherever it runs; unset means no limit (``covercraft run`` on a laptop).
+each generation, wherever it runs, as a lease of ``COVERCRAFT_GENERATION_LEASE`` seconds
+(``flows.recovery``); unset means no limit (``covercraft run`` on a laptop).
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ def generation_slot() -> Iterator[None]:
         return
     from prefect.concurrency.sync import concurrency
 
+    from flows.recovery import slot_lease_seconds
+
     timeout = float(os.environ.get(LIMIT_TIMEOUT_ENV, "3600"))
-    with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout):
+    # The slot is a lease the holder renews while it generates: if its process dies, the slot
+    # frees when the lease runs out instead of staying taken.
+    with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout,
+                     lease_duration=slot_lease_seconds()):
         yield
 
 

@@ -167,8 +167,9 @@ VARIANTS: dict[str, ModelVariant] = {
             projection_dim=128,
         ),
     ),
-    # The pictogram model: 64×64 pixels, an f8 VQGAN (8×8 = 64 tokens) with more codes and channels
-    # for emoji art, a deeper DalleBart for about 1,200 concepts; widths sized for CPU training.
+    # The pictogram model: 64×64 pixels, an f4 VQGAN (16×16 = 256 tokens: an 8×8 grid loses which
+    # emoji it is, benchmarks/token_grid_capacity.py), a deeper DalleBart for about 1,200
+    # concepts; widths sized for CPU training.
     "pictogram": ModelVariant(
         name="pictogram",
         bart=BartConfig(
@@ -180,11 +181,11 @@ VARIANTS: dict[str, ModelVariant] = {
             text_vocab_size=4096,
             image_vocab_size=1024,
             max_text_length=32,
-            image_length=64,
+            image_length=256,
         ),
         vqgan=VQGANConfig(
             ch=32,
-            ch_mult=(1, 2, 2, 4),
+            ch_mult=(1, 2, 2),
             num_res_blocks=0,
             attn_resolutions=(),
             resolution=64,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,17 @@ class RecoveryConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    heartbeat_seconds: int = Field(30, ge=10, le=600)
-    crash_after_seconds: int = Field(90, ge=20, le=3600)
+    heartbeat_seconds: int = Field(30, ge=30, le=600)  # Prefect accepts 30 s and up
+    crash_after_seconds: int = Field(90, ge=60, le=3600)
     slot_lease_seconds: float = Field(60.0, ge=60, le=3600)  # the server accepts 60 s and up
     tag: str = "covercraft"  # runs carrying this tag are watched (configs/deploy.yaml deployments.tags)
+
+    @model_validator(mode="after")
+    def _two_beats(self) -> RecoveryConfig:
+        if self.crash_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"crash_after_seconds ({self.crash_after_seconds}) must be at least twice "
+                             f"heartbeat_seconds ({self.heartbeat_seconds}): one late heartbeat is not a crash")
+        return self
 
     def environment(self) -> dict[str, str]:
         """What flow runs and task workers need in their environment."""

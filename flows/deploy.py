@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows import artifacts, worker
+from flows import artifacts, routing, worker
 from flows.recovery import RecoveryConfig, ensure_crashed_runs_automation
 from flows.settings import ENV_PREFIX, ConfigError, _read_yaml, deep_merge
 
@@ -422,8 +422,8 @@ def prepare(cfg: DeployConfig, config_file: str | None = None, start_worker: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     # Flow runs (child processes) and the task worker agree on these through the environment.
     os.environ[f"{ENV_PREFIX}OUTPUT__DIR"] = str(out_dir)
-    os.environ[worker.LIMIT_ENV] = cfg.concurrency.name
-    os.environ[worker.LIMIT_TIMEOUT_ENV] = str(cfg.concurrency.slot_timeout)
+    os.environ[routing.LIMIT_ENV] = cfg.concurrency.name
+    os.environ[routing.LIMIT_TIMEOUT_ENV] = str(cfg.concurrency.slot_timeout)
     ensure_concurrency_limit(cfg.concurrency.name, cfg.concurrency.limit)
     # Flow runs send heartbeats; the server marks a run whose heartbeats stop Crashed.
     os.environ.update(cfg.recovery.environment())
@@ -437,7 +437,7 @@ def prepare(cfg: DeployConfig, config_file: str | None = None, start_worker: boo
         handles["files"] = files
         log.info("serving %s at %s", out_dir, files.url)
 
-    os.environ[worker.ROUTE_ENV] = cfg.resident_model
+    os.environ[routing.ROUTE_ENV] = cfg.resident_model
     if cfg.resident_model == "task-worker" and start_worker:
         cmd = [sys.executable, "-m", "flows.worker", "--limit", str(cfg.worker.limit)]
         if cfg.worker.warm:
@@ -488,8 +488,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = load_deploy_config(args.deploy_config)
     _require_api(cfg.api_wait)
-    os.environ.setdefault(worker.LIMIT_ENV, cfg.concurrency.name)
-    os.environ.setdefault(worker.LIMIT_TIMEOUT_ENV, str(cfg.concurrency.slot_timeout))
+    os.environ.setdefault(routing.LIMIT_ENV, cfg.concurrency.name)
+    os.environ.setdefault(routing.LIMIT_TIMEOUT_ENV, str(cfg.concurrency.slot_timeout))
     for name, value in cfg.recovery.environment().items():
         os.environ.setdefault(name, value)
     ensure_concurrency_limit(cfg.concurrency.name, cfg.concurrency.limit)

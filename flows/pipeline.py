@@ -20,7 +20,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
-from flows import artifacts, output, worker
+from flows import artifacts, output, routing
 from flows.model import get_generator, get_upscaler
 from flows.progress import progress_for
 from flows.settings import (
@@ -157,7 +157,7 @@ def generate_images(prompt_text: str, negative: str, model: ModelSettings, cfg: 
     logger = get_run_logger()
     gen = get_generator(model)
     progress = artifacts.progress_updater(progress_artifact, progress_for("sampling image tokens", logger))
-    with worker.generation_slot():
+    with routing.generation_slot():
         tokens = gen.sample_tokens(
             [prompt_text],
             n=cfg.candidates,
@@ -189,7 +189,7 @@ def render_outputs(tokens, image, prompt_text: str, negative: str, title: str, m
     out: dict[str, Any] = {"cover": None, "platforms": {}}
     if cfg.upscale or cfg.platforms:
         upscaler = get_upscaler(cfg.upscaler)
-        with worker.generation_slot():  # outpainting samples tokens, upscaling runs on the GPU too
+        with routing.generation_slot():  # outpainting samples tokens, upscaling runs on the GPU too
             _render_into(out, tokens, image, prompt_text, negative, title, model, sampling, cfg, upscaler)
     get_run_logger().info(
         "cover: %s; platforms: %s", out["cover"][1] if out["cover"] else "display resize",
@@ -327,14 +327,14 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
     # The model tasks run where the model is resident (flows/worker.py), not in this process.
     progress_id = artifacts.start_progress(f"sampling image tokens: {prompt.text}")
     tokens, images = timed(
-        "generate", worker.call, generate_images, prompt.text, prompt.negative, settings.model,
+        "generate", routing.call, generate_images, prompt.text, prompt.negative, settings.model,
         settings.sampling, progress_id,
     )
-    scores = timed("rank", worker.call, rank_images, prompt.text, images, settings.model)
+    scores = timed("rank", routing.call, rank_images, prompt.text, images, settings.model)
 
     best = int(np.argmax(scores)) if scores is not None else 0
     rendered = timed(
-        "render", worker.call, render_outputs, tokens[best], images[best], prompt.text, prompt.negative,
+        "render", routing.call, render_outputs, tokens[best], images[best], prompt.text, prompt.negative,
         article.title, settings.model, settings.sampling, settings.output,
     )
     manifest = output.build_manifest(
@@ -344,7 +344,7 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
         result=result,
         topics=topics,
         prompt=prompt,
-        model_info=worker.call(describe_model, settings.model),
+        model_info=routing.call(describe_model, settings.model),
         sampling=settings.sampling.model_dump(),
         timings=timings,
     )

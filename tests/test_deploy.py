@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows import artifacts, deploy, worker
+from flows import artifacts, deploy, routing, worker
 from flows.settings import ConfigError
 
 
@@ -122,15 +122,15 @@ def test_concurrency_limit_created_once_and_strict(prefect_server, monkeypatch):
     from prefect.client.orchestration import get_client
 
     name = f"gen-{uuid.uuid4().hex[:6]}"
-    monkeypatch.setenv(worker.LIMIT_ENV, name)
+    monkeypatch.setenv(routing.LIMIT_ENV, name)
     with pytest.raises(Exception, match=name):  # strict: a missing limit is an error, not a free pass
-        with worker.generation_slot():
+        with routing.generation_slot():
             pass
     assert deploy.ensure_concurrency_limit(name, 1) is True
     assert deploy.ensure_concurrency_limit(name, 3) is False  # kept as the operator set it
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(name).limit == 1
-        with worker.generation_slot():
+        with routing.generation_slot():
             assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
         assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
 
@@ -229,12 +229,12 @@ def test_publish_and_progress_artifacts(prefect_server, tmp_path, monkeypatch):
 
 
 def test_route_is_checked(monkeypatch):
-    monkeypatch.setenv(worker.ROUTE_ENV, "gpu-please")
+    monkeypatch.setenv(routing.ROUTE_ENV, "gpu-please")
     with pytest.raises(ValueError, match="task-worker"):
-        worker.route()
-    monkeypatch.delenv(worker.ROUTE_ENV)
-    assert worker.route() == "inline"
-    assert os.environ.get(worker.ROUTE_ENV) is None
+        routing.route()
+    monkeypatch.delenv(routing.ROUTE_ENV)
+    assert routing.route() == "inline"
+    assert os.environ.get(routing.ROUTE_ENV) is None
 
 
 def test_prefect_yaml_and_k8s_template_are_consistent():
@@ -289,10 +289,10 @@ def test_task_worker_route_waits_through_the_no_state_race(monkeypatch):
         def __call__(self, *args):
             raise AssertionError("the task-worker route must not run the task inline")
 
-    monkeypatch.setattr(worker.time, "sleep", lambda s: None)
-    monkeypatch.setenv(worker.ROUTE_ENV, "task-worker")
+    monkeypatch.setattr(routing.time, "sleep", lambda s: None)
+    monkeypatch.setenv(routing.ROUTE_ENV, "task-worker")
     fake = FakeTask()
-    assert worker.call(fake, "prompt", 3) == ("tokens", "images")
+    assert routing.call(fake, "prompt", 3) == ("tokens", "images")
     assert fake.args == ("prompt", 3) and fake.future.calls == 3
 
     class Broken(FakeTask):
@@ -302,7 +302,7 @@ def test_task_worker_route_waits_through_the_no_state_race(monkeypatch):
             return future
 
     with pytest.raises(RuntimeError, match="worker exploded"):
-        worker.call(Broken(), "prompt")
+        routing.call(Broken(), "prompt")
 
 
 def test_worker_supervisor_restarts_after_exit_and_after_api_outage():
@@ -354,7 +354,7 @@ def test_worker_supervisor_restarts_after_exit_and_after_api_outage():
 
 
 def test_every_task_sent_to_the_worker_is_served_by_it():
-    """A task run_stages routes through worker.call but the task worker does not serve would never
+    """A task run_stages routes through routing.call but the task worker does not serve would never
     run, and its flow run would wait forever."""
     import inspect
     import re
@@ -362,7 +362,7 @@ def test_every_task_sent_to_the_worker_is_served_by_it():
     from flows import pipeline
 
     source = inspect.getsource(pipeline.run_stages)
-    routed = set(re.findall(r"worker\.call,\s*(\w+)", source)) | set(re.findall(r"worker\.call\((\w+)", source))
+    routed = set(re.findall(r"routing\.call,\s*(\w+)", source)) | set(re.findall(r"routing\.call\((\w+)", source))
     assert {"generate_images", "rank_images", "describe_model"} <= routed
     served = {t.fn.__name__ for t in worker.model_tasks()}
     assert routed <= served, f"not served by the task worker: {routed - served}"

@@ -202,19 +202,20 @@ def test_tokens_stage_renders_and_encodes_the_extra_scenes_dallebart_trains_on(t
 
     from dalle_core.checkpoints.vqgan import load_vqgan
     from dalle_core.train import embedded as E
+    from dalle_core.train import run_data as R
     from dalle_core.train.vqgan import encode_images
 
-    monkeypatch.setattr(E, "EXTRA_PART", 16)
+    monkeypatch.setattr(R, "EXTRA_PART", 16)
     cfg = E.EmbeddedConfig(train_images=24, heldout_images=4, bart_extra_images=40)
     run = tmp_path / "run"
     E.train_embedded(run, cfg, stages="data")
     shutil.copytree(EMBEDDED / "vqgan", run / "model" / "vqgan")
     E.train_embedded(run, cfg, stages="tokens")
 
-    codes, caps = E.bart_pairs(run, cfg)
+    codes, caps = R.bart_pairs(run, cfg)
     assert codes.shape == (64, 64) and len(caps) == 64
     assert all(len(c) == cfg.captions_per_image and len(set(c)) > 1 for c in caps)
-    assert caps[:24] == E._all_captions(run, cfg)
+    assert caps[:24] == R.all_captions(run, cfg)
     vq_cfg, vq_params = load_vqgan(run / "model" / "vqgan")
     for i, (start, n) in enumerate(((0, 16), (16, 16), (32, 8))):  # three parts, each with its own seed
         part = S.make_dataset(n, seed=1000 + i, split="train", jitter=cfg.jitter)
@@ -226,14 +227,14 @@ def test_tokens_stage_renders_and_encodes_the_extra_scenes_dallebart_trains_on(t
     stamp = (run / "bart_extra.npz").stat().st_mtime_ns
     E.train_embedded(run, cfg, stages="tokens")  # done: kept
     assert (run / "bart_extra.npz").stat().st_mtime_ns == stamp
-    assert len(E.bart_pairs(run, E.EmbeddedConfig(train_images=24, bart_extra_images=0))[0]) == 24
+    assert len(R.bart_pairs(run, E.EmbeddedConfig(train_images=24, bart_extra_images=0))[0]) == 24
     with pytest.raises(ValueError, match="holds 40 scenes, the config asks for 48"):
-        E.bart_pairs(run, E.EmbeddedConfig(train_images=24, bart_extra_images=48))
+        R.bart_pairs(run, E.EmbeddedConfig(train_images=24, bart_extra_images=48))
     more = E.EmbeddedConfig(train_images=24, bart_extra_images=48)
     E.train_embedded(run, more, stages="tokens")  # a different count: made again
-    codes48, _ = E.bart_pairs(run, more)
+    codes48, _ = R.bart_pairs(run, more)
     assert len(codes48) == 72
     np.testing.assert_array_equal(codes48[:64], codes)  # the same seeds: the first 40 are the same scenes
     (run / "bart_extra.npz").unlink()
     with pytest.raises(FileNotFoundError, match="bart_extra_images is 40; run its stage first"):
-        E.bart_pairs(run, cfg)
+        R.bart_pairs(run, cfg)

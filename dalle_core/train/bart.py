@@ -285,7 +285,7 @@ def train_embedded_bart(out: Path, ecfg, variant, resume: bool = True) -> Path:
 
     from dalle_core.checkpoints.bart import save_dalle_bart
     from dalle_core.text import TextTokenizer
-    from dalle_core.train.embedded import bart_pairs
+    from dalle_core.train.run_data import bart_pairs
 
     folder = out / "model" / "dalle"
     if resume and (folder / "flax_model.msgpack").exists():

@@ -349,7 +349,7 @@ def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
     from dalle_core.generator import Generator
     from dalle_core.rank import load_clip_tokenizer
     from dalle_core.train import shapes
-    from dalle_core.train.embedded import _load_data
+    from dalle_core.train.run_data import load_data
     from dalle_core.types import SamplingSettings
 
     folder, run_dir = out / "model" / "clip", out / "clip_tune_run"
@@ -364,7 +364,7 @@ def tune_embedded_clip(out: Path, ecfg, resume: bool = True) -> Path:
         if not (out / "model" / part / "config.json").exists():
             raise FileNotFoundError(f"clip_tune needs the run's {part} in {out / 'model' / part}: run its stage first")
     run_dir.mkdir(parents=True, exist_ok=True)
-    train = _load_data(out, "train", ecfg)
+    train = load_data(out, "train", ecfg)
     rng = np.random.default_rng([ucfg.train.seed, 5])
     chosen = rng.choice(len(train.scenes), size=min(ucfg.scenes, len(train.scenes)), replace=False)
     scenes = [train.scenes[i] for i in chosen]
@@ -406,7 +406,7 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
 
     from dalle_core.checkpoints.clip import save_clip
     from dalle_core.rank import load_clip_tokenizer
-    from dalle_core.train.embedded import _load_data, domain_of
+    from dalle_core.train.run_data import domain_of, load_data
 
     folder = out / "model" / "clip"
     domain = domain_of(out, ecfg)
@@ -415,7 +415,7 @@ def train_embedded_clip(out: Path, ecfg, variant, resume: bool = True) -> Path:
         return folder
     cfg = variant.clip
     tokenizer = load_clip_tokenizer(out / "tokenizer" / "clip", cfg.text.max_position_embeddings)
-    train = _load_data(out, "train", ecfg)
+    train = load_data(out, "train", ecfg)
     tcfg = CLIPTrainConfig.from_dict(ecfg.clip)
     images, scenes = train.images, list(train.scenes)
     counterparts, cp_images, broken = None, None, None

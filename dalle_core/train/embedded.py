@@ -17,87 +17,29 @@ published layouts (what ``Generator.from_folder`` loads and what ships in
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dalle_core.config import get_variant
-from dalle_core.train.domains import get_domain
-from dalle_core.train.vqgan import VQGANTrainConfig
+from dalle_core.train.run_config import EmbeddedConfig, load_config
+from dalle_core.train.run_data import (
+    all_captions,
+    domain_of,
+    extra_count,
+    extra_scenes,
+    load_data,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "tokenizer", "vqgan", "tokens", "decoder", "bart", "clip", "clip_tune", "export")
-
-
-@dataclass(frozen=True)
-class EmbeddedConfig:
-    """Everything ``train_embedded`` does, sized to train on 2 CPU cores in about 3 h 30 min.
-
-    variant: the ``VARIANTS`` entry whose sizes the three models use.
-    train_images / heldout_images: rendered scenes of each split (seeded, deterministic).
-    captions_per_image: caption wordings drawn per training scene for DalleBart and CLIP.
-    domain: what the scenes show (``dalle_core.train.domains``); art_dir: where the pictogram
-        domain fetches its art (shared between runs to fetch it once).
-    jitter: whole pixels by which rendered objects may leave the 8-pixel anchor grid.
-    bart_extra_images: more training scenes (fresh renders of training combinations), rendered and
-        tokenized by the tokens stage for DalleBart alone; the VQGAN and CLIP stages keep
-        ``train_images``. DalleBart memorises 16000 images; 80000 more lift held-out pairs, 160000 more
-        also held-out sized objects (model card).
-    """
-
-    variant: str = "tiny"
-    domain: str = "shapes"  # dalle_core.train.domains: shapes or pictograms
-    art_dir: str | None = None  # pictograms: where the npm art is fetched (default: out_dir/art)
-    seed: int = 0
-    train_images: int = 16000
-    heldout_images: int = 400
-    captions_per_image: int = 4
-    jitter: int = 3  # pixels objects may move off the 8-pixel anchor grid (shapes.jittered)
-    bart_extra_images: int = 160000  # DalleBart-only training scenes (tokens stage: bart_extra.npz)
-    vqgan: VQGANTrainConfig = VQGANTrainConfig(
-        steps=4500, batch_size=16, lr=2e-3, crop=32, full_res_fraction=0.2, ae_steps=150, edge_weight=8.0, recolour=0.5,
-        restart_every=25, ckpt_every=50,
-    )
-    # decoder-only VQGAN steps after the tokens are fixed (may run alongside the bart stage)
-    vqgan_decoder: VQGANTrainConfig = VQGANTrainConfig(
-        steps=4500, batch_size=8, lr=3e-4, warmup=20, decoder_only=True, edge_weight=8.0, recolour=0.5, ckpt_every=100
-    )
-    bart: dict = field(default_factory=lambda: {"steps": 20000, "restarts": [10000], "batch_size": 64, "lr": 2e-3})  # BartTrainConfig fields
-    clip: dict = field(default_factory=lambda: {  # CLIPTrainConfig fields
-        "steps": 3000, "batch_size": 32, "lr": 1e-3, "hard_negatives": 0, "image_negatives": 3, "broken_negatives": True,
-        "reconstructions": True})
-    # CLIPTuneConfig fields (and CLIPTrainConfig ones for its fine-tuning); runs after the bart and clip stages
-    clip_tune: dict = field(default_factory=lambda: {
-        "scenes": 4000, "samples": 8, "groups": 16, "wrong": 3, "readings": 32, "steps": 2000, "lr": 1e-3})
-
-
-def load_config(path: str | os.PathLike | None, **overrides) -> EmbeddedConfig:
-    """An ``EmbeddedConfig`` from a YAML preset (keys as the dataclass fields) plus overrides."""
-    raw: dict = {}
-    if path:
-        import yaml
-
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of EmbeddedConfig fields")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(EmbeddedConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"unknown embedded-training key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for key, extra in (("vqgan", {}), ("vqgan_decoder", {"decoder_only": True})):
-        if isinstance(raw.get(key), dict):
-            raw[key] = VQGANTrainConfig(**{**extra, **raw[key]})
-    return EmbeddedConfig(**raw)
 
 
 class _Timings:
@@ -114,15 +56,6 @@ class _Timings:
         prev = data.get(stage, {}).get("seconds", 0.0)
         data[stage] = {"seconds": round(prev + seconds, 1), "device": jax.devices()[0].platform}
         self.path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def domain_of(out: Path, cfg: EmbeddedConfig):
-    """The run's training domain (``dalle_core.train.domains``)."""
-    return get_domain(cfg.domain, out, cfg.jitter, cfg.art_dir)
-
-
-def _load_data(out: Path, split: str, cfg: EmbeddedConfig):
-    return domain_of(out, cfg).load(out / f"{split}.npz")
 
 
 def train_embedded(
@@ -167,9 +100,9 @@ def train_embedded(
             if resume and (model_dir / "vqgan" / "flax_model.msgpack").exists():
                 log.info("vqgan: already exported")
                 continue
-            train = _load_data(out, "train", cfg)
+            train = load_data(out, "train", cfg)
             params = train_vqgan(variant.vqgan, train.images, out / "vqgan_run", cfg.vqgan, resume=resume)
-            held = _load_data(out, "heldout", cfg)
+            held = load_data(out, "heldout", cfg)
             report = reconstruction_report(variant.vqgan, params, held.images, held.scenes, domain.check)
             log.info("vqgan reconstruction, pixel checker on held-out renders: %s", report)
             (out / "vqgan_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -180,12 +113,12 @@ def train_embedded(
 
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
             if not (resume and (out / "tokens.npz").exists()):
-                train = _load_data(out, "train", cfg)
+                train = load_data(out, "train", cfg)
                 codes = encode_images(vq_cfg, vq_params, train.images)
                 np.savez_compressed(out / "tokens.npz", codes=codes)
                 log.info("tokens: %d images, %d distinct codes used", len(codes), len(np.unique(codes)))
-            if cfg.bart_extra_images and not (resume and _extra_count(out) == cfg.bart_extra_images):
-                _extra_scenes(out, cfg, functools.partial(encode_images, vq_cfg, vq_params))
+            if cfg.bart_extra_images and not (resume and extra_count(out) == cfg.bart_extra_images):
+                extra_scenes(out, cfg, functools.partial(encode_images, vq_cfg, vq_params))
         elif stage == "decoder":
             from dalle_core.checkpoints.vqgan import load_vqgan, save_vqgan
             from dalle_core.train.vqgan import reconstruction_report, train_vqgan
@@ -194,10 +127,10 @@ def train_embedded(
             if resume and done.exists():
                 continue
             vq_cfg, vq_params = load_vqgan(model_dir / "vqgan")
-            train = _load_data(out, "train", cfg)
+            train = load_data(out, "train", cfg)
             params = train_vqgan(vq_cfg, train.images, out / "vqgan_decoder_run", cfg.vqgan_decoder,
                                  resume=resume, init_params=vq_params)
-            held = _load_data(out, "heldout", cfg)
+            held = load_data(out, "heldout", cfg)
             report = reconstruction_report(vq_cfg, params, held.images, held.scenes, domain.check)
             log.info("vqgan after decoder fine-tuning, pixel checker on held-out renders: %s", report)
             save_vqgan(model_dir / "vqgan", vq_cfg, params)
@@ -221,67 +154,6 @@ def train_embedded(
     return model_dir
 
 
-def _all_captions(out: Path, cfg: EmbeddedConfig) -> list[list[str]]:
-    """``captions_per_image`` wordings of every training scene (the first is the stored one)."""
-    path = out / "captions.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    train = _load_data(out, "train", cfg)
-    domain = domain_of(out, cfg)
-    extra = [domain.recaption(train.scenes, seed=cfg.seed * 1000 + k) for k in range(1, cfg.captions_per_image)]
-    caps = [[c, *(e[i] for e in extra)] for i, c in enumerate(train.captions)]
-    path.write_text(json.dumps(caps))
-    return caps
-
-
-EXTRA_PART = 16000  # extra scenes are rendered, captioned and encoded this many at a time
-
-
-def _extra_scenes(out: Path, cfg: EmbeddedConfig, encode) -> None:
-    """``bart_extra.npz``: codes and ``captions_per_image`` wordings of ``cfg.bart_extra_images``
-    fresh training-split scenes, rendered in parts of ``EXTRA_PART`` with their own seeds (part i:
-    ``seed + 1000 + i``; wordings ``1000 * seed + 77 + first index of the part + k``), apart from the
-    seeds of the ``train_images`` scenes and their wordings."""
-    codes, caps = [], []
-    domain = domain_of(out, cfg)
-    t0 = time.time()
-    for i, start in enumerate(range(0, cfg.bart_extra_images, EXTRA_PART)):
-        n = min(EXTRA_PART, cfg.bart_extra_images - start)
-        data = domain.make_dataset(n, cfg.seed + 1000 + i, "train")
-        more = [domain.recaption(data.scenes, seed=1000 * cfg.seed + 77 + start + k) for k in range(1, cfg.captions_per_image)]
-        caps += [[c, *(m[j] for m in more)] for j, c in enumerate(data.captions)]
-        codes.append(encode(data.images))
-        log.info("tokens: extra scenes %d/%d (%.0fs)", start + n, cfg.bart_extra_images, time.time() - t0)
-    tmp = out / "bart_extra.tmp.npz"  # written whole, then renamed: a stopped run leaves no half file
-    np.savez_compressed(tmp, codes=np.concatenate(codes), captions=np.array(json.dumps(caps)))
-    tmp.replace(out / "bart_extra.npz")
-
-
-def _extra_count(out: Path) -> int | None:
-    """How many scenes ``bart_extra.npz`` holds (None: no file yet)."""
-    path = out / "bart_extra.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        return len(z["codes"])
-
-
-def bart_pairs(out: Path, cfg: EmbeddedConfig) -> tuple[np.ndarray, list[list[str]]]:
-    """DalleBart's training pairs: the training scenes' codes and wordings, then the extra scenes'."""
-    codes, caps = np.load(out / "tokens.npz")["codes"], _all_captions(out, cfg)
-    if cfg.bart_extra_images:
-        path = out / "bart_extra.npz"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: bart_extra_images is {cfg.bart_extra_images}; run its stage first (tokens)")
-        with np.load(path) as z:
-            extra_codes, extra_caps = z["codes"], json.loads(str(z["captions"]))
-        if len(extra_codes) != cfg.bart_extra_images:
-            raise ValueError(f"{path} holds {len(extra_codes)} scenes, the config asks for {cfg.bart_extra_images}: "
-                             "run the tokens stage again")
-        codes, caps = np.concatenate([codes, extra_codes]), caps + extra_caps
-    return codes, caps
-
-
 def _stage_tokenizer(out: Path, cfg: EmbeddedConfig, variant, resume: bool) -> None:
     from dalle_core.text import TextTokenizer, normalize_text
     from dalle_core.train.tokenizer import (
@@ -293,7 +165,7 @@ def _stage_tokenizer(out: Path, cfg: EmbeddedConfig, variant, resume: bool) -> N
     tok_dir = out / "tokenizer"
     if resume and (tok_dir / "dalle" / "tokenizer.json").exists() and (tok_dir / "clip" / "tokenizer.json").exists():
         return
-    texts = [c for caps in _all_captions(out, cfg) for c in caps]
+    texts = [c for caps in all_captions(out, cfg) for c in caps]
     bart_tok = train_bart_tokenizer(texts, variant.bart.text_vocab_size, normalize=normalize_text)
     TextTokenizer(bart_tok, max_length=variant.bart.max_text_length).save(tok_dir / "dalle")
     clip_tok = train_clip_tokenizer(texts, variant.clip.text.vocab_size)

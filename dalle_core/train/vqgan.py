@@ -263,7 +263,7 @@ def train_vqgan(
             state = loaded
             log.info("vqgan: resuming %s at step %d", run_dir, int(state["step"]))
     params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
-    usage = np.array(state["usage"], np.float32)  # a writable copy (restored arrays are read-only)
+    usage = np.array(state["usage"], np.float32)  # writable: restored arrays are read-only
     log.info("vqgan: %d params, %d images, %d steps of %d", param_count(params), len(images), tcfg.steps, tcfg.batch_size)
 
     full_from = int(tcfg.steps * (1.0 - tcfg.full_res_fraction)) if tcfg.crop else 0

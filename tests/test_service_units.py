@@ -220,6 +220,9 @@ class RecordingGenerator:
     def decode(self, tokens):
         return np.zeros((*tokens.shape[:-2], 4, 4, 3), np.uint8)
 
+    def encode(self, images):
+        return np.zeros((len(images), 2, 2), np.int32)
+
 
 @pytest.mark.parametrize("fixed, padded", [(False, [4, 2]), (True, [4, 4])])
 def test_engine_splits_large_requests_and_pads_calls(fixed, padded):
@@ -241,12 +244,12 @@ def test_engine_splits_large_requests_and_pads_calls(fixed, padded):
 def test_warm_up_compiles_with_the_settings_a_plain_request_gets():
     from types import SimpleNamespace
 
-    from flows.service.api import ImageRequest, sampling_for
+    from flows.service.api import GenerationRequest, sampling_for
     from flows.service.engine import ImageEngine
     from flows.settings import load_settings
 
     state = SimpleNamespace(settings=load_settings())
-    plain = sampling_for(state, ImageRequest(prompt="a red circle"))
+    plain = sampling_for(state, GenerationRequest(prompt="a red circle"))
     assert sampling_for(state) == plain
     assert (plain.condition_scale, plain.top_k) == (1.0, 2)  # the configured defaults
     gen = RecordingGenerator()

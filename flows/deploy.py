@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows import artifacts, routing, worker
+from flows import artifacts, routing
 from flows.recovery import RecoveryConfig, ensure_crashed_runs_automation
 from flows.settings import ENV_PREFIX, ConfigError, _read_yaml, deep_merge
 
@@ -58,6 +58,9 @@ class ConcurrencyConfig(_Section):
 class WorkerConfig(_Section):
     limit: int = Field(1, ge=1, le=64)
     warm: bool = True
+    # Where model-task results are written (PREFECT_LOCAL_STORAGE_PATH for the task worker); on a
+    # work pool it must be the shared folder the flow runs read (prefect.yaml's env block).
+    result_storage: Path | None = None
 
 
 class FilesConfig(_Section):
@@ -439,13 +442,21 @@ def prepare(cfg: DeployConfig, config_file: str | None = None, start_worker: boo
 
     os.environ[routing.ROUTE_ENV] = cfg.resident_model
     if cfg.resident_model == "task-worker" and start_worker:
-        cmd = [sys.executable, "-m", "flows.worker", "--limit", str(cfg.worker.limit)]
-        if cfg.worker.warm:
-            cmd.append("--warm")
-        if config_file:
-            cmd += ["--config", str(config_file)]
-        handles["worker"] = WorkerProcess(cmd, dict(os.environ), api_url=_require_api()).start()
+        handles["worker"] = _task_worker(cfg, config_file)
     return handles
+
+
+def _task_worker(cfg: DeployConfig, config_file: str | None, limit: int | None = None) -> WorkerProcess:
+    """The resident model's task worker, supervised: restarted when it exits or when the Prefect
+    API comes back after an outage."""
+    if cfg.worker.result_storage is not None:
+        os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(cfg.worker.result_storage.expanduser()))
+    cmd = [sys.executable, "-m", "flows.worker", "--limit", str(limit or cfg.worker.limit)]
+    if cfg.worker.warm:
+        cmd.append("--warm")
+    if config_file:
+        cmd += ["--config", str(config_file)]
+    return WorkerProcess(cmd, dict(os.environ), api_url=_require_api()).start()
 
 
 def shutdown(handles: dict[str, Any]) -> None:
@@ -494,12 +505,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     ensure_concurrency_limit(cfg.concurrency.name, cfg.concurrency.limit)
     ensure_crashed_runs_automation(cfg.recovery)
-    argv = ["--limit", str(args.limit or cfg.worker.limit)]
-    if cfg.worker.warm:
-        argv.append("--warm")
-    if args.config:
-        argv += ["--config", args.config]
-    return worker.main(argv)
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    supervisor = _task_worker(cfg, args.config, args.limit)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        supervisor.stop()
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

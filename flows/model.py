@@ -29,6 +29,17 @@ def _has_embedded() -> bool:
     return all((root / part / "config.json").is_file() for part in ("dalle", "vqgan"))
 
 
+def concepts_file(settings: ModelSettings) -> Path | None:
+    """The concept list a model folder ships (``concepts.json``: what a fixed-vocabulary model such
+    as the pictogram model can draw), or None: published models and the shapes model draw from
+    free text."""
+    if settings.dalle or settings.vqgan or settings.source == "random-tiny":
+        return None
+    folder = embedded_model_dir() if settings.source == "embedded" else Path(settings.source).expanduser()
+    path = folder / "concepts.json"
+    return path if path.is_file() else None
+
+
 def load_generator(settings: ModelSettings):
     """Build a Generator from settings (no caching; see ``get_generator``)."""
     gen = _build_generator(settings)

@@ -21,7 +21,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from flows import artifacts, output, routing
-from flows.model import get_generator, get_upscaler
+from flows.model import concepts_file, get_generator, get_upscaler
 from flows.progress import progress_for
 from flows.settings import (
     FetchConfig,
@@ -117,20 +117,36 @@ def combine_topics(result, cfg: TextSettings):
     return topics
 
 
-def prompt_for(topics, title: str, cfg: PromptConfig, llm: LLMConfig, platform: str | None = None):
-    """Build the image prompt and moderate it (blocklist, then the endpoint's moderation if any)."""
+def prompt_for(topics, title: str, cfg: PromptConfig, llm: LLMConfig, platform: str | None = None,
+               model: ModelSettings | None = None):
+    """Build the image prompt and moderate it (blocklist, then the endpoint's moderation if any).
+
+    A model that ships a concept list (``flows.model.concepts_file``) and no LLM endpoint: the
+    topics are grounded to its concepts (``nlp.grounding``) and the prompt names them; the
+    manifest's prompt details record topic → concept and why.
+    """
     settings = nlp_prompt.PromptSettings(
         style=cfg.style, negative_words=list(cfg.negative_words), platform=platform
     )
     llm_cfg = llm_settings(llm)
     prompt = nlp_prompt.build_prompt(topics, title, settings, llm_cfg)
+    concepts = concepts_file(model) if model is not None and llm_cfg is None else None
+    if concepts is not None:
+        from nlp.grounding import ConceptIndex, ground
+
+        grounding = ground(topics, ConceptIndex.from_file(concepts))
+        update = {"grounding": grounding.record()}
+        if grounding.matches:
+            update |= {"text": grounding.prompt(), "source": "grounded",
+                       "topics": [m.topic for m in grounding.matches]}
+        prompt = prompt.model_copy(update=update)
     nlp_prompt.moderate(prompt, list(cfg.blocklist), llm_cfg)
     return prompt
 
 
 @task(name="prompt", **_LLM_TASK)
-def build_prompt(topics, title: str, cfg: PromptConfig, llm: LLMConfig):
-    prompt = prompt_for(topics, title, cfg, llm)
+def build_prompt(topics, title: str, cfg: PromptConfig, llm: LLMConfig, model: ModelSettings | None = None):
+    prompt = prompt_for(topics, title, cfg, llm, model=model)
     get_run_logger().info("prompt: %r (negative: %r)", prompt.text, prompt.negative)
     return prompt
 
@@ -323,7 +339,7 @@ def run_stages(source: str, settings: Settings) -> dict[str, Any]:
     chunks = timed("chunk", chunk_post, article, settings.text)
     result = timed("topics", extract_topics, chunks, settings.llm)
     topics = timed("combine", combine_topics, result, settings.text)
-    prompt = timed("prompt", build_prompt, topics, article.title, settings.prompt, settings.llm)
+    prompt = timed("prompt", build_prompt, topics, article.title, settings.prompt, settings.llm, settings.model)
     # The model tasks run where the model is resident (flows/worker.py), not in this process.
     progress_id = artifacts.start_progress(f"sampling image tokens: {prompt.text}")
     tokens, images = timed(
@@ -367,5 +383,5 @@ def text_stages(article, settings: Settings):
     )
     result = nlp_topics.extract_topics(chunks, llm_settings(settings.llm))
     topics = nlp_combine.combine_topics(result, top_n=settings.text.top_topics)
-    prompt = prompt_for(topics, article.title, settings.prompt, settings.llm)
+    prompt = prompt_for(topics, article.title, settings.prompt, settings.llm, model=settings.model)
     return chunks, result, topics, prompt

@@ -102,7 +102,8 @@ class ImagePrompt(BaseModel):
     """The prompt for the image generator.
 
     ``text`` is short and visual with the most important words first; ``negative`` is a
-    comma-separated list for the unconditional branch; ``source`` says whether an LLM wrote it;
+    comma-separated list for the unconditional branch; ``source`` says whether an LLM wrote it
+    (``grounded``: built from the concepts a fixed-vocabulary model knows);
     ``usage`` holds the tokens the LLM call used (empty for templates).
     """
 
@@ -110,5 +111,7 @@ class ImagePrompt(BaseModel):
     negative: str = ""
     style: str = "illustration"
     topics: list[str] = Field(default_factory=list)
-    source: Literal["llm", "template"] = "template"
+    source: Literal["llm", "template", "grounded"] = "template"
     usage: dict[str, int] = Field(default_factory=dict)
+    # For a model with a concept list: topic → concept and why, and the background (nlp.grounding).
+    grounding: dict | None = None

@@ -17,7 +17,7 @@ CONCEPTS = [
     ("chart increasing", ["graph", "growth", "upward", "trend"]),
     ("money bag", ["money", "dollar", "bag"]),
     ("globe showing europe-africa", ["earth", "world", "globe", "europe"]),
-    ("bicycle", ["bike"]),
+    ("bicycle", ["bike", "cycling"]),
     ("red circle", ["circle", "geometric", "red"]),
 ]
 
@@ -68,3 +68,20 @@ def test_from_file(tmp_path):
 def test_a_concepts_own_colour_is_not_its_background():
     g = ground(["red circle", "logo", "green triangle"], index())
     assert g.concepts == ["red circle"] and g.background == "green"
+
+
+def test_a_model_with_a_concept_list_gets_a_grounded_prompt(tmp_path):
+    """The flow's prompt stage: a model folder that ships concepts.json (no LLM configured) gets
+    the concepts its topics name; the shipped shapes model, with no such file, keeps free text."""
+    from flows.pipeline import prompt_for
+    from flows.settings import LLMConfig, ModelSettings, PromptConfig
+
+    (tmp_path / "concepts.json").write_text(json.dumps([{"name": n, "keywords": k} for n, k in CONCEPTS]))
+    topics = [Topic(phrase="cycling to work", score=0.9), Topic(phrase="coffee stops", score=0.8),
+              Topic(phrase="blue jackets", score=0.5)]
+    prompt = prompt_for(topics, "A year of cycling", PromptConfig(), LLMConfig(),
+                        model=ModelSettings(source=str(tmp_path)))
+    assert prompt.source == "grounded" and prompt.text == "a bicycle and a hot beverage on blue"
+    assert prompt.grounding["concepts"][0]["topic"] == "cycling to work"
+    free = prompt_for(topics, "A year of cycling", PromptConfig(), LLMConfig(), model=ModelSettings())
+    assert free.source == "template" and free.grounding is None

@@ -341,7 +341,6 @@ def extract_html(html: str, source: str = "", *, main_text: bool = True) -> Arti
     title_tag = soup.find("title")
     doc_title = clean_text(title_tag.get_text()) if isinstance(title_tag, Tag) else ""
     standfirst = _standfirst(soup, {meta_title, _TITLE_SUFFIX.sub("", doc_title)})
-    whole_page = _whole_page(soup)
     _strip(soup)
     root = _content_root(soup)
     # An <h1> outside the post is usually the site's name: then <title> names the post better.
@@ -358,7 +357,7 @@ def extract_html(html: str, source: str = "", *, main_text: bool = True) -> Arti
     else:
         extractor, sections = "rules", rules
     if not _is_article(sections):
-        extractor, sections = "page text", whole_page
+        extractor, sections = "page text", _whole_page(html)
     sections = _drop_title(sections, {title, h1_text})
     # A subtitle that sat beside the title, outside the content root, leads the text.
     if standfirst and sections and not any(standfirst in p for s in sections for p in s.paragraphs):
@@ -394,8 +393,7 @@ def _restore_subheadings(main: list[Section], rules: list[Section]) -> list[Sect
         if sec.heading:
             blocks.append((sec.heading, sec.level or 2))
         blocks.extend((p, 0) for p in sec.paragraphs)
-    kept = {h for s in main if s.heading for h in [s.heading]}
-    kept |= {p for s in main for p in s.paragraphs}
+    kept = {s.heading for s in main if s.heading} | {p for s in main for p in s.paragraphs}
     heading_before: dict[str, tuple[str, int]] = {}
     for (text, level), (after, _) in zip(blocks, blocks[1:], strict=False):
         if text not in kept and after in kept and _is_subheading(text):
@@ -430,14 +428,16 @@ _MIN_ARTICLE_CHARS = 100
 _PAGE_TEXT_MIN_BLOCK_CHARS = 35
 
 
-def _whole_page(soup: BeautifulSoup) -> list[Section]:
-    """Last resort: the page's sentence-like blocks in order, before any rule drops one."""
-    copy = BeautifulSoup(str(soup.body or soup), "html.parser")
-    for tag in copy.find_all(["script", "style", "noscript", "template", "svg", "pre", "button",
+def _whole_page(html: str) -> list[Section]:
+    """Last resort: the page's sentence-like blocks in order, parsed afresh so that no rule has
+    dropped any of them."""
+    soup = BeautifulSoup(html, "html.parser")
+    root = soup.body or soup
+    for tag in root.find_all(["script", "style", "noscript", "template", "svg", "pre", "button",
                               "select", "textarea", "label", "nav"]):
         tag.decompose()
     collector = _Collector()
-    collector.walk(copy)
+    collector.walk(root)
     sections = []
     for sec in collector.result():
         paragraphs = [p for p in sec.paragraphs if _chars(p) >= _PAGE_TEXT_MIN_BLOCK_CHARS]

@@ -67,8 +67,8 @@ class FeedPost:
 
     @property
     def key(self) -> str:
-        """The idempotency key of the blog-to-images run for this version of the post."""
-        return f"{self.url}#{self.content_hash}"
+        """The idempotency key of the first blog-to-images run for this version of the post."""
+        return attempt_key(self.url, self.content_hash, 1)
 
 
 # ---------------------------------------------------------------- parsing (pure, no I/O)

@@ -7,8 +7,8 @@ installation costs" gives it nothing to hold on to. Grounding maps the ranked to
 1. a topic that *is* a concept's name ("hot beverage") or one of its keywords ("coffee");
 2. else a word of the topic that is a name or a keyword ("solar panels" → "sun" via "solar");
 
-with singular and plural forms treated alike. Among several concepts for one word, the one that
-fewest other concepts share the word with wins, then the earlier-listed one. Up to ``max_concepts``
+with singular and plural forms treated alike. Of a topic's words, the one that fewest concepts share
+is tried first; a word several concepts share goes to the earlier-listed one. Up to ``max_concepts``
 distinct concepts are taken from the best-ranked topics, and a background colour from the topics'
 colour words (else white; never a colour that is part of a chosen concept's name). The result says,
 per concept, which topic and which word led to it.
@@ -98,8 +98,9 @@ class ConceptIndex:
         return len(self.names)
 
     def _best(self, key: tuple[str, ...]) -> int | None:
+        """The earliest-listed concept with this keyword (indices are stored in list order)."""
         found = self._by_keyword.get(key)
-        return min(found, key=lambda i: (len(found), i)) if found else None
+        return found[0] if found else None
 
     def lookup(self, phrase: str) -> tuple[int, str] | None:
         """(concept index, why) for a topic phrase, or None."""

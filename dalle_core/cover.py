@@ -115,6 +115,10 @@ class PlatformConfig:
             )
         return list(dict.fromkeys(self.aliases.get(n, n) for n in names))
 
+    def preset(self, name: str) -> PlatformPreset:
+        """The preset a name or alias stands for (unknown names raise like :meth:`resolve`)."""
+        return self.presets[self.resolve([name])[0]]
+
 
 _PRESET_KEYS = {"width", "height", "outpaint", "upscale", "title", "description"}
 

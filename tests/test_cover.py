@@ -82,6 +82,7 @@ def test_one_registry_of_names_and_aliases():
     assert platforms.aliases == {"og": "blog", "twitter": "x", "instagram": "instagram-square"}
     assert platforms.resolve("og, twitter,Instagram, blog") == ["blog", "x", "instagram-square"]
     assert platforms.names()[:len(EXPECTED)] == list(EXPECTED)
+    assert platforms.preset("Instagram").name == "instagram-square"  # as resolve() reads names
 
 
 def test_bad_preset_files_name_the_problem(tmp_path):

@@ -62,7 +62,7 @@ def platform_presets() -> dict[str, Any]:
     from dalle_core import cover
 
     platforms = cover.load_platforms()
-    return {name: platforms.presets[platforms.resolve([name])[0]] for name in platforms.names()}
+    return {name: platforms.preset(name) for name in platforms.names()}
 
 
 def platform_sizes() -> dict[str, tuple[int, int]]:
@@ -109,12 +109,12 @@ class PublishHook:
             raise APIError(400, f"'url' must be an http(s) URL, got {body.url!r}.", param="url", code="invalid_value")
         from dalle_core import cover
 
+        platforms = cover.load_platforms()
         try:
-            cover.load_platforms().resolve(body.platforms)
+            platforms.resolve(body.platforms)
         except ValueError as err:
             raise APIError(400, f"Invalid value for 'platforms': {err}.", param="platforms",
                            code="invalid_value") from None
-        known = platform_presets()
         if body.style:
             from nlp.prompt import normalise_style
 
@@ -122,7 +122,7 @@ class PublishHook:
                 normalise_style(body.style)
             except ValueError as err:
                 raise APIError(400, f"Invalid value for 'style': {err}.", param="style", code="invalid_value") from None
-        return {p: known[p] for p in dict.fromkeys(body.platforms)}
+        return {p: platforms.preset(p) for p in dict.fromkeys(body.platforms)}
 
     def settings_for(self, body: PublishRequest):
         """The pipeline settings with the request's style and seed on top."""
